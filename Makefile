@@ -1,0 +1,61 @@
+# The two commands: `make book` and `make test`. Both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# nbgrader shells out to `alembic`, and the kernels must be the venv's Python.
+export PATH := $(BIN):$(PATH)
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+# Nothing here may reach the network at run time.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: book test venv lint exercises solutions budgets lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	@touch $@
+
+## Execute every page and build the site into _build/html, from a clean state.
+book: $(STAMP)
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Open _build/html/index.html in a browser."
+
+## The whole suite: lint, unit tests, notebooks, the grading round trip, the clean book build.
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n 2 --dist loadscope
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## Regenerate the student notebooks in exercises/ from solutions/.
+exercises: $(STAMP)
+	$(BIN)/python -m tests.grading regenerate
+
+## Execute the instructor notebooks in place, so their stored outputs stay current.
+solutions: $(STAMP)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*/*.ipynb
+
+## Measure every page and solution notebook and rewrite the README's budget table.
+budgets: $(STAMP)
+	$(BIN)/python -m tests.budgets --write-readme
+
+## Re-resolve requirements.in into the lock, requirements.txt.
+lock:
+	rm -rf /tmp/tutorlib-lock && $(PYTHON) -m venv /tmp/tutorlib-lock
+	/tmp/tutorlib-lock/bin/pip install --quiet -r requirements.in
+	( head -2 requirements.txt; /tmp/tutorlib-lock/bin/pip freeze --exclude-editable \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' ) > requirements.txt.new
+	mv requirements.txt.new requirements.txt
+
+clean:
+	rm -rf _build submitted autograded feedback gradebook.db

@@ -1,0 +1,11 @@
+"""tutorlib: the reference PyTorch code of the transformer course book.
+
+One module per concept, in the order the book introduces them: `embeddings`, `attention`,
+`layers`, `models`, `training`, `data`, `plotting`; `checks` holds what the exercises'
+tests call.
+"""
+
+from tutorlib.runtime import get_device, seed_everything
+
+__version__ = "0.1.0"
+__all__ = ["get_device", "seed_everything"]
