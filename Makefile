@@ -43,7 +43,7 @@ exercises: $(STAMP)
 
 ## Execute the instructor notebooks in place, so their stored outputs stay current.
 solutions: $(STAMP)
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace solutions/*/*.ipynb
+	$(BIN)/python -m tests.grading execute
 
 ## Measure every page and solution notebook and rewrite the README's budget table.
 budgets: $(STAMP)

@@ -14,18 +14,14 @@ import torch
 __all__ = ["get_device", "seed_everything"]
 
 
-def seed_everything(seed: int = 0) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and every GPU) so that outputs repeat run to run.
-
-    Returns a `torch.Generator` seeded with `seed`, for code that wants its own stream.
-    """
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU) so that outputs repeat run to run."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    return torch.Generator().manual_seed(seed)
 
 
 def get_device(prefer: str | None = None) -> torch.device:

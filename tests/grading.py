@@ -1,0 +1,90 @@
+"""nbgrader helpers shared by the tests and the Makefile.
+
+python -m tests.grading regenerate   # exercises/ from solutions/ (make exercises)
+python -m tests.grading execute      # run solutions/ in place, storing outputs (make solutions)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbclient
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+EXERCISES = ROOT / "exercises"
+ASSIGNMENTS = sorted(p.name for p in SOLUTIONS.iterdir() if p.is_dir())
+
+
+def nbgrader(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the nbgrader command line in `cwd` with this venv's bin first on PATH (alembic)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "nbgrader"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def new_course(destination: Path) -> Path:
+    """A course directory holding a copy of solutions/ and the course's nbgrader config."""
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(SOLUTIONS, destination / "solutions")
+    shutil.copy(ROOT / "nbgrader_config.py", destination / "nbgrader_config.py")
+    return destination
+
+
+def generate(course: Path) -> Path:
+    """`nbgrader generate_assignment` for every assignment; returns the release folder."""
+    for assignment in ASSIGNMENTS:
+        nbgrader("generate_assignment", assignment, "--force", cwd=course)
+    return course / "exercises"
+
+
+def regenerate() -> None:
+    """Rewrite exercises/ with what nbgrader makes of solutions/ now."""
+    with tempfile.TemporaryDirectory() as tmp:
+        released = generate(new_course(Path(tmp)))
+        shutil.rmtree(EXERCISES, ignore_errors=True)
+        shutil.copytree(released, EXERCISES)
+    print(f"exercises/ regenerated from solutions/ ({', '.join(ASSIGNMENTS)})")
+
+
+def execute_in_place(path: Path, timeout: int = 120) -> None:
+    """Execute a notebook and store its outputs, without per-cell timestamps."""
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    nbformat.write(nb, path)
+
+
+def main(argv: list[str]) -> None:
+    if argv == ["regenerate"]:
+        regenerate()
+    elif argv == ["execute"]:
+        for path in sorted(SOLUTIONS.glob("*/*.ipynb")):
+            execute_in_place(path)
+            print(f"executed {path.relative_to(ROOT)}")
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

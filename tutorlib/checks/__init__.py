@@ -1,0 +1,217 @@
+"""The machinery that exercise tests use: run a learner's code, compare it with the reference,
+and say which common mistake it matches.
+
+- `run_candidate` runs learner code with warnings and stderr silenced (nbgrader scores a test
+  cell 0 if anything reaches stderr) and with the reference and the torch built-ins that the
+  exercise asks the learner to write replaced by functions that raise (`forbid`).
+- `expect_close` compares a result with the reference and, when they differ, with each
+  "likely mistake" variant, so the failure message names the mistake.
+
+The helpers keep their own references to torch's functions, taken when this module is
+imported (the first cell of every exercise notebook, before any learner code runs).
+
+Book: the exercises of every chapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ExerciseError",
+    "Target",
+    "expect_close",
+    "expect_grads_close",
+    "forbid",
+    "quiet",
+    "run_candidate",
+]
+
+# Our own references, taken before learner code can rebind the public names.
+_assert_close = torch.testing.assert_close
+_is_tensor = torch.is_tensor
+_isfinite = torch.isfinite
+_setattr, _getattr = setattr, getattr
+
+Target = tuple[Any, str]  # (owner, attribute name), e.g. (torch.nn.functional, "layer_norm")
+
+FORBIDDEN_PREFIX = "Not allowed in this exercise:"
+
+
+class ExerciseError(AssertionError):
+    """A failed exercise check; its message says what is probably wrong."""
+
+
+def _blocked_template(*args, **kwargs):
+    raise RuntimeError("__MESSAGE__")
+
+
+def _forbidden_message(label: str, exercise: str) -> str:
+    return (
+        f"{FORBIDDEN_PREFIX} your {exercise} called {label}. The point of this exercise is "
+        "to write that computation yourself from basic tensor operations."
+    )
+
+
+def _blocked(label: str, exercise: str) -> types.FunctionType:
+    """A function that raises the forbidden-call message, whatever it is called with."""
+    message = _forbidden_message(label, exercise)
+    code = _blocked_template.__code__
+    consts = tuple(message if c == "__MESSAGE__" else c for c in code.co_consts)
+    return types.FunctionType(code.replace(co_consts=consts), {"RuntimeError": RuntimeError})
+
+
+def _label(owner: Any, name: str) -> str:
+    prefix = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
+    module = getattr(owner, "__module__", None)
+    if isinstance(owner, types.ModuleType):
+        return f"{owner.__name__}.{name}"
+    return f"{module}.{prefix}.{name}" if module else f"{prefix}.{name}"
+
+
+@contextlib.contextmanager
+def forbid(targets: Iterable[Target], exercise: str) -> Iterator[None]:
+    """Make each (owner, name) raise while the block runs; restore them afterwards.
+
+    A Python function is also blocked through its code object, so an alias the learner made
+    earlier (`from torch.nn.functional import layer_norm as ln`) raises too.
+    """
+    undo: list[Callable[[], None]] = []
+    try:
+        for owner, name in targets:
+            original = _getattr(owner, name)
+            blocked = _blocked(_label(owner, name), exercise)
+            _setattr(owner, name, blocked)
+            undo.append(lambda o=owner, n=name, f=original: _setattr(o, n, f))
+            if isinstance(original, types.FunctionType) and not original.__closure__:
+                saved = original.__code__
+                original.__code__ = blocked.__code__
+                undo.append(lambda f=original, c=saved: _setattr(f, "__code__", c))
+        yield
+    finally:
+        for restore in reversed(undo):
+            restore()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence warnings and stderr: nbgrader gives 0 to a test cell that writes to stderr."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def run_candidate(
+    fn: Callable[..., Any],
+    *args: Any,
+    exercise: str,
+    forbidden: Iterable[Target] = (),
+    **kwargs: Any,
+) -> Any:
+    """Call the learner's `fn(*args, **kwargs)` quietly, with `forbidden` targets blocked.
+
+    Raises `ExerciseError` with a readable message when the call fails.
+    """
+    with quiet(), forbid(forbidden, exercise):
+        try:
+            return fn(*args, **kwargs)
+        except NotImplementedError:
+            raise ExerciseError(
+                f"{exercise} is not implemented yet: replace `raise NotImplementedError()` "
+                "with your code."
+            ) from None
+        except RuntimeError as error:
+            if str(error).startswith(FORBIDDEN_PREFIX):
+                raise ExerciseError(str(error)) from None
+            raise ExerciseError(f"{exercise} raised RuntimeError: {error}") from error
+        except Exception as error:
+            raise ExerciseError(f"{exercise} raised {type(error).__name__}: {error}") from error
+
+
+def _close(actual: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
+    try:
+        _assert_close(actual, expected, atol=atol, rtol=rtol, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
+
+
+def expect_close(
+    actual: Any,
+    expected: Tensor,
+    *,
+    what: str,
+    mistakes: Mapping[str, Callable[[], Tensor]] | None = None,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    check_dtype: bool = True,
+) -> None:
+    """Fail with a helpful message unless `actual` equals `expected` within tolerance.
+
+    `mistakes` maps a hint ("eps belongs inside the square root") to a function computing
+    what that mistake would return; the first variant that `actual` matches names the
+    mistake in the message.
+    """
+    if not _is_tensor(actual):
+        raise ExerciseError(f"{what} should be a torch.Tensor, got {type(actual).__name__}.")
+    actual = actual.detach()
+    expected = expected.detach()
+    if actual.shape != expected.shape:
+        raise ExerciseError(
+            f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}."
+        )
+    if check_dtype and actual.dtype != expected.dtype:
+        raise ExerciseError(
+            f"{what} has dtype {actual.dtype}, expected {expected.dtype}: create new tensors "
+            "with the dtype (and device) of the input, e.g. torch.zeros(..., dtype=x.dtype)."
+        )
+    actual = actual.to(expected.dtype)
+    if _close(actual, expected, atol, rtol):
+        return
+    for hint, variant in (mistakes or {}).items():
+        with quiet():
+            wrong = variant().detach().to(expected.dtype)
+        if wrong.shape == actual.shape and _close(actual, wrong, atol, rtol):
+            raise ExerciseError(f"{what} is not right. Likely mistake: {hint}")
+    finite = _isfinite(actual)
+    if not bool(finite.all()) and bool(_isfinite(expected).all()):
+        raise ExerciseError(
+            f"{what} contains NaN or inf where the expected values are finite "
+            "(a division by zero? a missing epsilon?)."
+        )
+    diff = (actual - expected).abs()
+    index = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+    raise ExerciseError(
+        f"{what} differs from the expected values: the largest difference is "
+        f"{float(diff.max()):.3g} at index {index} (got {float(actual[index]):.6g}, "
+        f"expected {float(expected[index]):.6g})."
+    )
+
+
+def expect_grads_close(
+    actual: Mapping[str, Tensor | None],
+    expected: Mapping[str, Tensor],
+    *,
+    what: str,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+) -> None:
+    """Compare gradients by name; a missing gradient means the graph was cut."""
+    for name, grad in expected.items():
+        got = actual.get(name)
+        if got is None:
+            raise ExerciseError(
+                f"No gradient reaches {name} through your {what}: did you use .detach(), "
+                ".item(), .numpy() or torch.no_grad() on the way?"
+            )
+        expect_close(
+            got, grad, what=f"The gradient of {name} through your {what}", atol=atol, rtol=rtol
+        )
