@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sorting_batch"]
+__all__ = ["recall_batch", "sorting_batch"]
 
 
 def sorting_batch(
@@ -28,4 +28,38 @@ def sorting_batch(
         raise ValueError(f"sizes must be positive, got {batch_size=}, {length=}, {vocab_size=}")
     inputs = torch.randint(0, vocab_size, (batch_size, length), generator=generator)
     targets = inputs.sort(dim=1).values
+    return inputs.to(device), targets.to(device)
+
+
+def recall_batch(
+    batch_size: int,
+    length: int,
+    vocab_size: int,
+    distance: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random token sequences, each labelled with the token `distance` places before its last
+    one: a task whose answer lies a chosen distance back, to probe long-range dependencies.
+
+    `distance=0` asks for the last token itself; the default, `length - 1`, asks for the first.
+
+    Shapes:
+        returns inputs (B, T) and targets (B,), int64 ids in [0, vocab_size)
+
+    Book: 1.1 Why transformers (Learning a long-range dependency).
+    """
+    for name, value in (("batch_size", batch_size), ("length", length), ("vocab_size", vocab_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if distance is None:
+        distance = length - 1
+    if not isinstance(distance, int) or isinstance(distance, bool):
+        raise TypeError(f"distance must be an int or None, got {type(distance).__name__}")
+    if not 0 <= distance < length:
+        raise ValueError(f"distance must lie in [0, {length - 1}] (length - 1), got {distance}")
+    inputs = torch.randint(0, vocab_size, (batch_size, length), generator=generator)  # (B, T)
+    targets = inputs[:, length - 1 - distance]  # (B,)
     return inputs.to(device), targets.to(device)

@@ -144,6 +144,26 @@ def _close(actual: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
     return True
 
 
+def _closest_mistake(
+    actual: Tensor, mistakes: Mapping[str, Callable[[], Tensor]], atol: float, rtol: float
+) -> str | None:
+    """The hint of the mistake variant nearest to `actual`, among those it matches.
+
+    The tolerance is looser than the pass/fail test's, so a mistake is recognised even when a
+    small detail (an epsilon, float32 rounding) differs as well.
+    """
+    best, best_distance = None, float("inf")
+    for hint, variant in mistakes.items():
+        with quiet():
+            wrong = variant().detach().to(actual.dtype)
+        if wrong.shape != actual.shape or not _close(actual, wrong, atol, rtol):
+            continue
+        distance = float((actual - wrong).abs().max()) if actual.numel() else 0.0
+        if distance < best_distance:
+            best, best_distance = hint, distance
+    return best
+
+
 def expect_close(
     actual: Any,
     expected: Tensor,
@@ -176,11 +196,9 @@ def expect_close(
     actual = actual.to(expected.dtype)
     if _close(actual, expected, atol, rtol):
         return
-    for hint, variant in (mistakes or {}).items():
-        with quiet():
-            wrong = variant().detach().to(expected.dtype)
-        if wrong.shape == actual.shape and _close(actual, wrong, atol, rtol):
-            raise ExerciseError(f"{what} is not right. Likely mistake: {hint}")
+    hint = _closest_mistake(actual, mistakes or {}, max(atol, 1e-4), max(rtol, 1e-3))
+    if hint is not None:
+        raise ExerciseError(f"{what} is not right. Likely mistake: {hint}")
     finite = _isfinite(actual)
     if not bool(finite.all()) and bool(_isfinite(expected).all()):
         raise ExerciseError(

@@ -1,0 +1,147 @@
+"""Each reference layer equals its PyTorch counterpart with the same weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tutorlib.attention import causal_mask
+from tutorlib.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    LayerNorm,
+    layer_norm,
+    torch_state_dict,
+)
+
+
+@pytest.mark.parametrize(
+    "shape, normalized", [((4, 7), (7,)), ((2, 3, 8), (8,)), ((2, 3, 4), (3, 4))]
+)
+def test_layer_norm_equals_torch(shape, normalized) -> None:
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*normalized, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*normalized, dtype=torch.float64, requires_grad=True)
+    ours = layer_norm(x, normalized, w, b, eps=1e-3)
+    theirs = F.layer_norm(x, normalized, w, b, eps=1e-3)
+    torch.testing.assert_close(ours, theirs)
+    grads_ours = torch.autograd.grad(ours.square().sum(), (x, w, b))
+    grads_theirs = torch.autograd.grad(theirs.square().sum(), (x, w, b))
+    for g1, g2 in zip(grads_ours, grads_theirs, strict=True):
+        torch.testing.assert_close(g1, g2)
+
+
+def test_layer_norm_module_equals_nn_layernorm() -> None:
+    ours, theirs = LayerNorm(6), nn.LayerNorm(6)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4, 6)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_layer_norm_rejects_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="normalized_shape"):
+        layer_norm(torch.randn(2, 5), (4,))
+
+
+def test_feed_forward_shapes_and_activation() -> None:
+    ff = FeedForward(8, 32, activation="gelu")
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ff(x), ff.linear2(F.gelu(ff.linear1(x))))
+    with pytest.raises(ValueError, match="activation"):
+        FeedForward(8, 32, activation="swish")
+
+
+def _masks(B: int, T: int):
+    pad = torch.ones(B, T, dtype=torch.bool)
+    pad[0, T - 2 :] = False
+    per_batch = torch.rand(B, T, T) > 0.3
+    per_batch |= torch.eye(T, dtype=torch.bool)  # every query keeps at least one key
+    return [
+        {},
+        {"padding_mask": pad},
+        {"mask": causal_mask(T)},
+        {"mask": causal_mask(T), "padding_mask": pad},
+        {"mask": per_batch},
+    ]
+
+
+def _torch_encoder_kwargs(kwargs: dict, n_heads: int) -> dict:
+    out = {}
+    if "padding_mask" in kwargs:
+        out["src_key_padding_mask"] = ~kwargs["padding_mask"]
+    if "mask" in kwargs:
+        mask = ~kwargs["mask"]
+        out["src_mask"] = mask if mask.dim() == 2 else mask.repeat_interleave(n_heads, dim=0)
+    return out
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_encoder_layer_equals_torch(norm_first: bool, activation: str, training: bool) -> None:
+    C, H, d_ff, B, T = 16, 4, 32, 3, 6
+    ours = EncoderLayer(C, H, d_ff, activation=activation, norm_first=norm_first)
+    theirs = nn.TransformerEncoderLayer(
+        C, H, d_ff, dropout=0.0, activation=activation, batch_first=True, norm_first=norm_first
+    )
+    theirs.load_state_dict(torch_state_dict(ours))
+    ours.train(training)
+    theirs.train(training)  # eval mode takes torch's fused fast path
+    x = torch.randn(B, T, C)
+    for kwargs in _masks(B, T):
+        expected = theirs(x, **_torch_encoder_kwargs(kwargs, H))
+        got = ours(x, **kwargs)
+        if not training and "padding_mask" in kwargs:  # the fast path zeroes padded positions
+            keep = kwargs["padding_mask"]
+            got, expected = got[keep], expected[keep]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_layer_equals_torch(norm_first: bool) -> None:
+    C, H, d_ff, B, T, S = 16, 4, 32, 2, 5, 7
+    ours = DecoderLayer(C, H, d_ff, norm_first=norm_first)
+    theirs = nn.TransformerDecoderLayer(
+        C, H, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
+    theirs.load_state_dict(torch_state_dict(ours))
+    x, memory = torch.randn(B, T, C), torch.randn(B, S, C)
+    memory_pad = torch.ones(B, S, dtype=torch.bool)
+    memory_pad[1, 4:] = False
+    got = ours(x, memory, self_mask=causal_mask(T), memory_padding_mask=memory_pad)
+    expected = theirs(x, memory, tgt_mask=~causal_mask(T), memory_key_padding_mask=~memory_pad)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer_cls", [EncoderLayer, DecoderLayer])
+def test_layers_follow_dtype_and_pass_gradients(layer_cls) -> None:
+    layer = layer_cls(8, 2, 16).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    out = (
+        layer(x)
+        if layer_cls is EncoderLayer
+        else layer(x, torch.randn(2, 3, 8, dtype=torch.float64))
+    )
+    assert out.dtype == torch.float64 and out.shape == (2, 4, 8)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    missing = [name for name, p in layer.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+
+
+def test_encoder_layer_errors_say_what_was_expected() -> None:
+    layer = EncoderLayer(8, 2, 16)
+    with pytest.raises(ValueError, match=r"expected \(batch, seq, 8\)"):
+        layer(torch.randn(2, 4, 7))
+    with pytest.raises(TypeError, match="floating point"):
+        layer(torch.ones(2, 4, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="True = may attend"):
+        layer(torch.randn(2, 4, 8), mask=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="padding_mask"):
+        layer(torch.randn(2, 4, 8), padding_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        DecoderLayer(8, 2, 16)(torch.randn(2, 4, 8), torch.randn(3, 4, 8))
