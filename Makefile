@@ -31,7 +31,7 @@ book: $(STAMP)
 
 ## The whole suite: lint, unit tests, notebooks, the grading round trip, the clean book build.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

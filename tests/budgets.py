@@ -1,0 +1,135 @@
+"""Execute each book page and solution notebook on its own and measure it.
+
+    python -m tests.budgets                 # print the table
+    python -m tests.budgets --write-readme  # and write it into README.md (make budgets)
+
+A page is a MyST-NB markdown notebook (read with myst-nb's own reader) or an .ipynb. Time is the
+wall-clock time of executing every cell; memory is the kernel's peak resident set size
+(including any processes the kernel started), read inside the kernel after the last cell.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbclient
+import nbformat
+import yaml
+from myst_nb.core.read import read_myst_markdown_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS_BUDGET = 90
+MEMORY_BUDGET_MB = 1024
+START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"
+
+PROBE = """
+import json as _json, resource as _resource
+_peak = max(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss,
+            _resource.getrusage(_resource.RUSAGE_CHILDREN).ru_maxrss)
+print(_json.dumps({"peak_kib": _peak}))
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    path: str
+    seconds: float
+    peak_mb: float
+
+
+def book_pages() -> list[Path]:
+    """Every executable page in the table of contents, in order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+            walk(entry.get("chapters", []))
+
+    walk([{"file": toc["root"]}, *toc.get("parts", [])])
+    pages = []
+    for name in files:
+        for suffix in (".md", ".ipynb"):
+            path = ROOT / f"{name}{suffix}"
+            if path.exists() and is_notebook(path):
+                pages.append(path)
+    return pages
+
+
+def solution_notebooks() -> list[Path]:
+    return sorted((ROOT / "solutions").glob("*/*.ipynb"))
+
+
+def is_notebook(path: Path) -> bool:
+    return path.suffix == ".ipynb" or "file_format: mystnb" in path.read_text()[:500]
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    if path.suffix == ".md":
+        return read_myst_markdown_notebook(path.read_text())
+    return nbformat.read(path, as_version=4)
+
+
+def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
+    """Execute `path` in a fresh kernel (cwd = its folder); raises if a cell fails."""
+    nb = read(path)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    probe = json.loads(nb.cells[-1].outputs[-1]["text"])
+    return Measurement(str(path.relative_to(ROOT)), seconds, probe["peak_kib"] / 1024)
+
+
+def table(measurements: list[Measurement]) -> str:
+    lines = [
+        f"Measured by `make budgets` on {platform.machine()} Linux, CPU only "
+        f"(budget: {SECONDS_BUDGET} s and {MEMORY_BUDGET_MB} MB per notebook).",
+        "",
+        "| notebook | time (s) | peak memory (MB) |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| `{m.path}` | {m.seconds:.0f} | {m.peak_mb:.0f} |" for m in measurements]
+    total = sum(m.seconds for m in measurements)
+    lines.append(f"| **all {len(measurements)} notebooks** | **{total:.0f}** | |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"README.md has no {START} ... {END} block")
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
+
+
+def main(argv: list[str]) -> None:
+    measurements = []
+    for path in [*book_pages(), *solution_notebooks()]:
+        m = measure(path)
+        print(f"{m.path}: {m.seconds:.1f} s, {m.peak_mb:.0f} MB", flush=True)
+        measurements.append(m)
+    text = table(measurements)
+    print(text)
+    if "--write-readme" in argv:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

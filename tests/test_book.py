@@ -1,0 +1,42 @@
+"""The site builds from a clean state with warnings as errors.
+
+An incremental rebuild skips unchanged pages and hides a page that fails to execute, and
+without -W a failed execution still exits 0, so this builds into a fresh folder with -W.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.budgets import ROOT, book_pages
+
+
+def test_book_builds_clean_with_warnings_as_errors(tmp_path: Path) -> None:
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run(
+        [
+            str(jupyter_book),
+            "build",
+            str(ROOT),
+            "--path-output",
+            str(tmp_path),
+            "-W",
+            "-n",
+            "--keep-going",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    html = tmp_path / "_build" / "html"
+    for page in book_pages():
+        built = html / page.relative_to(ROOT).with_suffix(".html")
+        assert built.exists(), f"{built} was not built"
+        text = built.read_text()
+        assert "cell_output" in text, f"{page.name} shows no executed output"
+    reports = html / "reports"
+    assert not reports.exists() or not any(reports.iterdir()), "execution reports were written"
+    bibliography = (html / "book" / "bibliography.html").read_text()
+    assert "Attention Is All You Need" in bibliography
