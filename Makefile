@@ -30,8 +30,11 @@ book: $(STAMP)
 	@echo "Open _build/html/index.html in a browser."
 
 ## The whole suite: lint, unit tests, notebooks, the grading round trip, the clean book build.
+## Two pytest workers share the 2 cores, so each process (and each kernel it starts) gets one
+## thread: with two threads each, torch's thread pools fight over the cores and slow down
+## by orders of magnitude.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
