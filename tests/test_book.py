@@ -39,4 +39,4 @@ def test_book_builds_clean_with_warnings_as_errors(tmp_path: Path) -> None:
     reports = html / "reports"
     assert not reports.exists() or not any(reports.iterdir()), "execution reports were written"
     bibliography = (html / "book" / "bibliography.html").read_text()
-    assert "Attention Is All You Need" in bibliography
+    assert "Attention is all you need" in bibliography  # plain style lowercases titles
