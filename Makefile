@@ -21,6 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
+	@# build matplotlib's font cache now, not as stderr noise on the first page
+	$(BIN)/python -c "import matplotlib.pyplot"
 	@touch $@
 
 ## Execute every page and build the site into _build/html, from a clean state.

@@ -11,6 +11,7 @@ wall-clock time of executing every cell; memory is the kernel's peak resident se
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -98,7 +99,7 @@ def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
 
 def table(measurements: list[Measurement]) -> str:
     lines = [
-        f"Measured by `make budgets` on {platform.machine()} Linux, CPU only "
+        f"Measured by `make budgets` on {os.cpu_count()} {platform.machine()} CPU cores, no GPU "
         f"(budget: {SECONDS_BUDGET} s and {MEMORY_BUDGET_MB} MB per notebook).",
         "",
         "| notebook | time (s) | peak memory (MB) |",
