@@ -70,11 +70,10 @@ def _blocked(label: str, exercise: str) -> types.FunctionType:
 
 
 def _label(owner: Any, name: str) -> str:
-    prefix = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
-    module = getattr(owner, "__module__", None)
+    """The dotted name a learner would recognise, e.g. torch.nn.functional.layer_norm."""
     if isinstance(owner, types.ModuleType):
         return f"{owner.__name__}.{name}"
-    return f"{module}.{prefix}.{name}" if module else f"{prefix}.{name}"
+    return f"{owner.__module__}.{owner.__qualname__}.{name}"
 
 
 @contextlib.contextmanager
