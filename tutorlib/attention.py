@@ -1,17 +1,39 @@
-"""Attention masks. Chapter 2 adds the attention computation itself.
+"""Attention: masks, scaled dot-product attention, multi-head attention, linear attention.
 
-One convention everywhere in tutorlib: a boolean mask, True = may attend (as the
-`attn_mask` of `torch.nn.functional.scaled_dot_product_attention`).
+One mask convention everywhere in tutorlib: a boolean mask, True = may attend (as the
+`attn_mask` of `torch.nn.functional.scaled_dot_product_attention`); padding masks are True for
+real tokens. A query row with nothing to attend to gets zero weights and a zero output, never
+NaN.
 
-Book: 1.4 Encoders and decoders (the causal mask); Chapter 2 (the rest).
+Book: 1.4 Encoders and decoders (the causal mask); Chapter 2, Attention.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import math
 
-__all__ = ["causal_mask", "padding_mask"]
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MultiHeadAttention",
+    "causal_mask",
+    "elu_feature_map",
+    "linear_attention",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "sliding_window_mask",
+    "strided_mask",
+]
+
+
+# --- Masks ------------------------------------------------------------------------------------
+
+
+def _check_length(T: int, name: str = "T") -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"{name} must be a positive int, got {T!r}")
 
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
@@ -22,8 +44,7 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
 
     Book: 1.4 Encoders and decoders.
     """
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int, got {T!r}")
+    _check_length(T)
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
 
 
@@ -37,9 +58,308 @@ def padding_mask(lengths: Tensor, T: int) -> Tensor:
     """
     if lengths.dim() != 1 or lengths.is_floating_point():
         raise ValueError(
-            f"lengths: expected (batch,) integers, got {lengths.dtype} {lengths.shape}"
+            f"lengths: expected (batch,) integers, got {lengths.dtype} {tuple(lengths.shape)}"
         )
     if lengths.numel() and (lengths.min() < 0 or lengths.max() > T):
         raise ValueError(f"lengths must lie in [0, {T}], got {lengths.tolist()}")
     positions = torch.arange(T, device=lengths.device)  # (T,)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+def _offsets(T: int, device: torch.device | str | None) -> Tensor:
+    positions = torch.arange(T, device=device)
+    return positions.unsqueeze(1) - positions.unsqueeze(0)  # (T, T): t - s
+
+
+def sliding_window_mask(
+    T: int, window: int, causal: bool = True, device: torch.device | str | None = None
+) -> Tensor:
+    """Local attention: each position sees the `window` positions nearest it.
+
+    Causal: s in [t - window + 1, t]. Not causal: |t - s| < window (2 * window - 1 positions).
+
+    Shapes:
+        returns (T, T) bool
+
+    Book: 2.7 Efficient attention.
+    """
+    _check_length(T)
+    _check_length(window, "window")
+    offset = _offsets(T, device)  # (T, T)
+    if causal:
+        return (offset >= 0) & (offset < window)
+    return offset.abs() < window
+
+
+def strided_mask(
+    T: int, stride: int, causal: bool = True, device: torch.device | str | None = None
+) -> Tensor:
+    """Strided attention (the Sparse Transformer's second pattern): t sees s when t - s is a
+    multiple of `stride`. OR it with a `sliding_window_mask` of the same width for the
+    combined pattern.
+
+    Shapes:
+        returns (T, T) bool
+
+    Book: 2.7 Efficient attention.
+    """
+    _check_length(T)
+    _check_length(stride, "stride")
+    offset = _offsets(T, device)  # (T, T)
+    mask = offset.remainder(stride) == 0
+    return mask & (offset >= 0) if causal else mask
+
+
+# --- Scaled dot-product attention -------------------------------------------------------------
+
+
+def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(f"{name}: expected (..., seq, dim), got shape {tuple(x.shape)}")
+    if not query.dtype == key.dtype == value.dtype:
+        raise TypeError(f"dtypes differ: query {query.dtype}, key {key.dtype}, value {value.dtype}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"query and key need the same last dim (D), got query {tuple(query.shape)} and "
+            f"key {tuple(key.shape)}"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value need the same length S, got key {tuple(key.shape)} and "
+            f"value {tuple(value.shape)}"
+        )
+    if not query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+        raise ValueError(
+            f"leading (batch, head) dims differ: query {tuple(query.shape)}, "
+            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+
+
+def _check_mask(mask: Tensor, query: Tensor, key: Tensor) -> None:
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = may attend) or float, got {mask.dtype}")
+    target = (*query.shape[:-1], key.shape[-2])  # (..., T, S)
+    try:
+        torch.broadcast_shapes(mask.shape, target)
+    except RuntimeError:
+        raise ValueError(
+            f"attn_mask of shape {tuple(mask.shape)} does not broadcast to (..., T, S) = {target}"
+        ) from None
+
+
+def _attention_written_out(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    dropout_p: float,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    scores = query @ key.transpose(-2, -1) * scale  # (..., T, S)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # The most negative float, not -inf: a row with no key left gets weights 0, not NaN.
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1) * attn_mask  # (..., T, S)
+    else:
+        if attn_mask is not None:
+            scores = scores + attn_mask  # an additive float mask, as in torch
+        weights = scores.softmax(dim=-1)  # (..., T, S)
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    return dropped @ value, weights  # (..., T, Dv), (..., T, S)
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    need_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q K^T / sqrt(D) + mask) V, with the signature of `F.scaled_dot_product_attention`.
+
+    `attn_mask` is bool (True = may attend) or float (added to the scores), broadcastable to
+    (..., T, S). A query row that may attend to nothing returns zeros (torch returns NaN there).
+    With `need_weights=True` the computation is written out and `(output, weights)` is
+    returned; otherwise it runs on torch's fused kernel and only the output is returned.
+    `dropout_p` applies as given: pass 0.0 in evaluation.
+
+    Shapes:
+        query (..., T, D), key (..., S, D), value (..., S, Dv)
+        ->  output (..., T, Dv) [, weights (..., T, S)]
+
+    Book: 2.2 Scaled dot-product attention.
+    """
+    _check_qkv(query, key, value)
+    if attn_mask is not None:
+        _check_mask(attn_mask, query, key)
+    if is_causal:
+        T, S = query.shape[-2], key.shape[-2]
+        causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()  # (T, S), as torch
+        if attn_mask is None:
+            attn_mask = causal
+        elif attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask & causal
+        else:  # an additive float mask: -inf above the diagonal
+            attn_mask = attn_mask.masked_fill(~causal, float("-inf"))
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if need_weights:
+        return _attention_written_out(query, key, value, attn_mask, dropout_p, scale)
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+    )  # (..., T, Dv)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        out = out.masked_fill(~attn_mask.any(dim=-1, keepdim=True), 0.0)  # no NaN rows
+    return out
+
+
+# --- Multi-head attention ---------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W^O with
+    head_h = Attention(Q W_h^Q, K W_h^K, V W_h^V).
+
+    Parameters are named as in `nn.MultiheadAttention` (`in_proj_weight`, `in_proj_bias`,
+    `out_proj`), so `load_state_dict` copies weights across; the outputs then agree with
+    `nn.MultiheadAttention(d_model, n_heads, batch_first=True)`. Masks use tutorlib's
+    convention: `padding_mask` is True for real keys (torch's `key_padding_mask` is its
+    negation), `attn_mask` is True where a query may attend. Weights are returned only when
+    asked for; without them the fused kernel runs.
+
+    Shapes:
+        query (B, T, C), key and value (B, S, C); padding_mask (B, S);
+        attn_mask (T, S), (B, T, S) or (B, H, T, S)
+        ->  output (B, T, C), weights (B, T, S) averaged over heads, (B, H, T, S), or None
+
+    Book: 2.5 Multi-head attention.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must divide by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))  # W^Q; W^K; W^V
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model)) if bias else None
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if bias:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
+
+    def _merge_heads(self, x: Tensor) -> Tensor:
+        B, _, T, _ = x.shape
+        return x.transpose(1, 2).reshape(B, T, self.d_model)  # (B, T, C)
+
+    def _mask(
+        self, attn_mask: Tensor | None, padding_mask: Tensor | None, B: int, S: int
+    ) -> Tensor | None:
+        if padding_mask is not None:
+            if padding_mask.dtype != torch.bool or padding_mask.shape != (B, S):
+                raise ValueError(
+                    f"padding_mask: expected bool ({B}, {S}) with True = real token, got "
+                    f"{padding_mask.dtype} {tuple(padding_mask.shape)}"
+                )
+            padding_mask = padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        if attn_mask is not None and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, S)
+        if attn_mask is None:
+            return padding_mask
+        if padding_mask is None:
+            return attn_mask
+        if attn_mask.dtype != torch.bool:
+            return attn_mask.masked_fill(~padding_mask, float("-inf"))
+        return attn_mask & padding_mask  # (B, H or 1, T, S)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
+                raise ValueError(
+                    f"{name}: expected (batch, seq, {self.d_model}), got {tuple(x.shape)}"
+                )
+        if key.shape != value.shape or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must match, with the "
+                f"batch size of query {tuple(query.shape)}"
+            )
+        B, S = key.shape[:2]
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)  # (C, C) each
+        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        q = self._split_heads(F.linear(query, w_q, b_q))  # (B, H, T, D)
+        k = self._split_heads(F.linear(key, w_k, b_k))  # (B, H, S, D)
+        v = self._split_heads(F.linear(value, w_v, b_v))  # (B, H, S, D)
+        mask = self._mask(attn_mask, padding_mask, B, S)
+        dropout_p = self.dropout if self.training else 0.0
+        result = scaled_dot_product_attention(
+            q, k, v, mask, dropout_p, is_causal, need_weights=need_weights
+        )
+        out, weights = result if need_weights else (result, None)
+        out = self.out_proj(self._merge_heads(out))  # (B, T, C)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)  # (B, T, S)
+        return out, weights
+
+
+# --- Linear attention -------------------------------------------------------------------------
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """phi(x) = elu(x) + 1 > 0, the feature map of Katharopoulos et al. (2020)."""
+    return F.elu(x) + 1
+
+
+def linear_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    causal: bool = False,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Attention with the kernel phi(q) . phi(k) in place of exp(q . k / sqrt(D)), computed as
+    phi(Q) (phi(K)^T V) in O(T D Dv) time instead of O(T S D).
+
+    out_t = phi(q_t)^T sum_s phi(k_s) v_s^T / (phi(q_t)^T sum_s phi(k_s)); with `causal` the
+    sums run over s <= t (cumulative sums).
+
+    Shapes:
+        query (..., T, D), key (..., S, D), value (..., S, Dv)  ->  (..., T, Dv)
+
+    Book: 2.7 Efficient attention.
+    """
+    _check_qkv(query, key, value)
+    if causal and query.shape[-2] != key.shape[-2]:
+        raise ValueError(
+            f"causal linear attention needs T == S, got {query.shape[-2]} and {key.shape[-2]}"
+        )
+    q, k = elu_feature_map(query), elu_feature_map(key)  # (..., T, D), (..., S, D)
+    if causal:
+        kv = torch.einsum("...sd,...se->...sde", k, value).cumsum(dim=-3)  # (..., T, D, Dv)
+        numerator = torch.einsum("...td,...tde->...te", q, kv)  # (..., T, Dv)
+        denominator = (q * k.cumsum(dim=-2)).sum(dim=-1, keepdim=True)  # (..., T, 1)
+    else:
+        kv = k.transpose(-2, -1) @ value  # (..., D, Dv)
+        numerator = q @ kv  # (..., T, Dv)
+        denominator = q @ k.sum(dim=-2).unsqueeze(-1)  # (..., T, 1)
+    return numerator / (denominator + eps)
