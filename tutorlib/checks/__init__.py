@@ -28,10 +28,13 @@ from torch import Tensor
 __all__ = [
     "ExerciseError",
     "Target",
+    "expect_backward_close",
     "expect_close",
     "expect_grads_close",
     "forbid",
     "quiet",
+    "random_tensor",
+    "report_ok",
     "run_candidate",
 ]
 
@@ -232,3 +235,33 @@ def expect_grads_close(
         expect_close(
             got, grad, what=f"The gradient of {name} through your {what}", atol=atol, rtol=rtol
         )
+
+
+def expect_backward_close(
+    out: Tensor, expected: Tensor, inputs: Mapping[str, Tensor], what: str, atol: float = 1e-8
+) -> None:
+    """Gradients of sum(out**2) with respect to each named leaf equal the reference's."""
+    leaves = list(inputs.values())
+    expected_grads = torch.autograd.grad((expected**2).sum(), leaves, retain_graph=True)
+    for leaf in leaves:
+        leaf.grad = None
+    with quiet():
+        (out**2).sum().backward()
+    expect_grads_close(
+        {name: leaf.grad for name, leaf in inputs.items()},
+        dict(zip(inputs, expected_grads, strict=True)),
+        what=what,
+        atol=atol,
+    )
+
+
+def random_tensor(*shape: int, seed: int, grad: bool = False) -> Tensor:
+    """Seeded float64 normal samples, for hidden tests that repeat exactly."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    return x.requires_grad_(grad)
+
+
+def report_ok(name: str, hidden: bool) -> None:
+    """The line a passing test cell prints."""
+    print(f"OK: {name} " + ("passes the hidden tests." if hidden else "passes the visible tests."))

@@ -21,9 +21,11 @@ from tutorlib import embeddings, layers
 from tutorlib.checks import (
     ExerciseError,
     Target,
+    expect_backward_close,
     expect_close,
-    expect_grads_close,
     quiet,
+    random_tensor,
+    report_ok,
     run_candidate,
 )
 
@@ -45,32 +47,6 @@ _TorchEncoderLayer = nn.TransformerEncoderLayer
 _linear, _relu, _gelu = F.linear, F.relu, F.gelu
 
 Mistakes = dict[str, Callable[[], Tensor]]
-
-
-def _ok(name: str, hidden: bool) -> None:
-    print(f"OK: {name} " + ("passes the hidden tests." if hidden else "passes the visible tests."))
-
-
-def _randn(*shape: int, seed: int, grad: bool = False) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
-    return x.requires_grad_(grad)
-
-
-def _backward_matches(out: Tensor, expected: Tensor, inputs: dict[str, Tensor], what: str) -> None:
-    """Gradients of sum(out**2) w.r.t. each leaf input equal the reference's."""
-    leaves = list(inputs.values())
-    expected_grads = torch.autograd.grad((expected**2).sum(), leaves, retain_graph=True)
-    for leaf in leaves:
-        leaf.grad = None
-    with quiet():
-        (out**2).sum().backward()
-    expect_grads_close(
-        {name: leaf.grad for name, leaf in inputs.items()},
-        dict(zip(inputs, expected_grads, strict=True)),
-        what=what,
-        atol=1e-8,
-    )
 
 
 # --- 1. Sinusoidal positional encoding ---------------------------------------------------------
@@ -131,7 +107,7 @@ def check_sinusoidal_encoding(fn: Callable[[int, int], Tensor], hidden: bool = F
     sizes = [(50, 32), (1, 2), (7, 2), (128, 512)] if hidden else [(4, 4), (10, 16)]
     for T, d in sizes:
         _check_pe_case(fn, T, d)
-    _ok("sinusoidal_encoding", hidden)
+    report_ok("sinusoidal_encoding", hidden)
 
 
 # --- 2. Embedding lookup, scaled, plus positions --------------------------------------------
@@ -148,8 +124,8 @@ def _check_embed_case(
     fn: Callable, B: int, T: int, V: int, C: int, T_max: int, seed: int, grad: bool
 ) -> None:
     tokens = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
-    table = _randn(V, C, seed=seed + 10, grad=grad)
-    positions = _randn(T_max, C, seed=seed + 20, grad=grad)
+    table = random_tensor(V, C, seed=seed + 10, grad=grad)
+    positions = random_tensor(T_max, C, seed=seed + 20, grad=grad)
     scale = math.sqrt(C)
     expected = table[tokens] * scale + positions[:T]  # (B, T, C)
     out = run_candidate(fn, tokens, table, positions, exercise="embed", forbidden=_EMBED_FORBIDDEN)
@@ -168,7 +144,7 @@ def _check_embed_case(
         },
     )
     if grad:
-        _backward_matches(out, expected, {"table": table, "positions": positions}, "embed")
+        expect_backward_close(out, expected, {"table": table, "positions": positions}, "embed")
 
 
 def check_embed(fn: Callable[[Tensor, Tensor, Tensor], Tensor], hidden: bool = False) -> None:
@@ -180,7 +156,7 @@ def check_embed(fn: Callable[[Tensor, Tensor, Tensor], Tensor], hidden: bool = F
     )
     for B, T, V, C, T_max, seed in cases:
         _check_embed_case(fn, B, T, V, C, T_max, seed, grad=hidden)
-    _ok("embed", hidden)
+    report_ok("embed", hidden)
 
 
 # --- 3. Layer normalization -----------------------------------------------------------------
@@ -239,7 +215,7 @@ def _check_ln_case(fn: Callable, x: Tensor, w: Tensor, b: Tensor, eps: float) ->
         atol=1e-5 if x.dtype == torch.float32 else 1e-8,
     )
     if x.requires_grad:
-        _backward_matches(out, expected, {"x": x, "weight": w, "bias": b}, "layer_norm")
+        expect_backward_close(out, expected, {"x": x, "weight": w, "bias": b}, "layer_norm")
 
 
 def check_layer_norm(fn: Callable[..., Tensor], hidden: bool = False) -> None:
@@ -248,35 +224,40 @@ def check_layer_norm(fn: Callable[..., Tensor], hidden: bool = False) -> None:
         worked = torch.tensor([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]])
         cases = [
             (worked, torch.ones(4), torch.zeros(4), 1e-5),
-            (_randn(3, 5, seed=1).float(), torch.ones(5), torch.zeros(5), 1e-5),
+            (random_tensor(3, 5, seed=1).float(), torch.ones(5), torch.zeros(5), 1e-5),
         ]
     else:
         cases = [
             (
-                _randn(2, 3, 8, seed=2, grad=True),
-                _randn(8, seed=3, grad=True),
-                _randn(8, seed=4, grad=True),
+                random_tensor(2, 3, 8, seed=2, grad=True),
+                random_tensor(8, seed=3, grad=True),
+                random_tensor(8, seed=4, grad=True),
                 1e-5,
             ),
             (
-                _randn(4, 6, seed=5, grad=True),
-                _randn(6, seed=6, grad=True),
-                _randn(6, seed=7, grad=True),
+                random_tensor(4, 6, seed=5, grad=True),
+                random_tensor(6, seed=6, grad=True),
+                random_tensor(6, seed=7, grad=True),
                 0.5,
             ),
             # a constant row has zero variance: the output is the bias, not NaN
             (
                 torch.full((2, 5), 3.0, dtype=torch.float64),
-                _randn(5, seed=8),
-                _randn(5, seed=9),
+                random_tensor(5, seed=8),
+                random_tensor(5, seed=9),
                 1e-5,
             ),
             # a large offset with a small spread
-            (1e3 + 1e-2 * _randn(3, 7, seed=10), _randn(7, seed=11), _randn(7, seed=12), 1e-5),
+            (
+                1e3 + 1e-2 * random_tensor(3, 7, seed=10),
+                random_tensor(7, seed=11),
+                random_tensor(7, seed=12),
+                1e-5,
+            ),
         ]
     for x, w, b, eps in cases:
         _check_ln_case(fn, x, w, b, eps)
-    _ok("layer_norm", hidden)
+    report_ok("layer_norm", hidden)
 
 
 # --- 4. The position-wise feed-forward network ----------------------------------------------
@@ -290,9 +271,9 @@ _FF_FORBIDDEN: list[Target] = [
 def _ff_weights(
     C: int, d_ff: int, seed: int, dtype: torch.dtype = torch.float64
 ) -> tuple[Tensor, ...]:
-    w1 = _randn(d_ff, C, seed=seed) / math.sqrt(C)
-    w2 = _randn(C, d_ff, seed=seed + 1) / math.sqrt(d_ff)
-    b1, b2 = _randn(d_ff, seed=seed + 2), _randn(C, seed=seed + 3)
+    w1 = random_tensor(d_ff, C, seed=seed) / math.sqrt(C)
+    w2 = random_tensor(C, d_ff, seed=seed + 1) / math.sqrt(d_ff)
+    b1, b2 = random_tensor(d_ff, seed=seed + 2), random_tensor(C, seed=seed + 3)
     return tuple(t.to(dtype) for t in (w1, b1, w2, b2))
 
 
@@ -322,7 +303,7 @@ def _check_ff_case(fn: Callable, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, 
         atol=1e-5 if x.dtype == torch.float32 else 1e-8,
     )
     if x.requires_grad:
-        _backward_matches(out, expected, {"x": x}, "feed_forward")
+        expect_backward_close(out, expected, {"x": x}, "feed_forward")
 
 
 def check_feed_forward(fn: Callable[..., Tensor], hidden: bool = False) -> None:
@@ -337,20 +318,20 @@ def check_feed_forward(fn: Callable[..., Tensor], hidden: bool = False) -> None:
         )
         cases = [
             (torch.tensor([[[-2.0], [0.5]]]), *absolute),
-            (_randn(2, 3, 4, seed=0).float(), *_ff_weights(4, 8, 1, torch.float32)),
+            (random_tensor(2, 3, 4, seed=0).float(), *_ff_weights(4, 8, 1, torch.float32)),
         ]
     else:
         cases = [
             (
-                _randn(2, 5, 6, seed=2, grad=True),
+                random_tensor(2, 5, 6, seed=2, grad=True),
                 *_ff_weights(6, 6, 3),
             ),  # square: a missing .T shows
-            (_randn(3, 4, 5, seed=4, grad=True), *_ff_weights(5, 12, 5)),
-            (_randn(7, 3, seed=6, grad=True), *_ff_weights(3, 8, 7)),  # no batch dimension
+            (random_tensor(3, 4, 5, seed=4, grad=True), *_ff_weights(5, 12, 5)),
+            (random_tensor(7, 3, seed=6, grad=True), *_ff_weights(3, 8, 7)),  # no batch dimension
         ]
     for case in cases:
         _check_ff_case(fn, *case)
-    _ok("feed_forward", hidden)
+    report_ok("feed_forward", hidden)
 
 
 # --- 5, 6. Residual branches: post-norm and pre-norm ----------------------------------------
@@ -373,8 +354,8 @@ def _residual_cases(hidden: bool) -> list[tuple[Tensor, Callable, Callable]]:
         linear, norm = nn.Linear(C, C).double(), nn.LayerNorm(C).double()
         with torch.no_grad():
             for i, p in enumerate((*linear.parameters(), *norm.parameters())):
-                p.copy_(_randn(*p.shape, seed=100 + 10 * seed + i))
-        cases.append((_randn(3, T, C, seed=seed, grad=True), linear, norm))
+                p.copy_(random_tensor(*p.shape, seed=100 + 10 * seed + i))
+        cases.append((random_tensor(3, T, C, seed=seed, grad=True), linear, norm))
     return cases
 
 
@@ -411,21 +392,21 @@ def _check_residual_case(
     out = run_candidate(fn, x, sublayer, norm, exercise=name, forbidden=_LAYER_FORBIDDEN)
     expect_close(out, expected, what=name, mistakes=mistakes, atol=1e-8)
     if x.requires_grad:
-        _backward_matches(out, expected, {"x": x}, name)
+        expect_backward_close(out, expected, {"x": x}, name)
 
 
 def check_post_norm_residual(fn: Callable[..., Tensor], hidden: bool = False) -> None:
     """Learner's `post_norm_residual(x, sublayer, norm) -> norm(x + sublayer(x))`."""
     for case in _residual_cases(hidden):
         _check_residual_case(fn, *case, norm_first=False)
-    _ok("post_norm_residual", hidden)
+    report_ok("post_norm_residual", hidden)
 
 
 def check_pre_norm_residual(fn: Callable[..., Tensor], hidden: bool = False) -> None:
     """Learner's `pre_norm_residual(x, sublayer, norm) -> x + sublayer(norm(x))`."""
     for case in _residual_cases(hidden):
         _check_residual_case(fn, *case, norm_first=True)
-    _ok("pre_norm_residual", hidden)
+    report_ok("pre_norm_residual", hidden)
 
 
 # --- 7, 8. Encoder layers -------------------------------------------------------------------
@@ -460,8 +441,8 @@ def _paired_layers(layer_class: type[nn.Module], norm_first: bool) -> tuple[nn.M
     ref = _TorchEncoderLayer(C, H, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first)
     with torch.no_grad():  # random norm gains and biases, so a forgotten norm shows
         for i, norm in enumerate((ref.norm1, ref.norm2)):
-            norm.weight.copy_(1 + 0.5 * _randn(C, seed=1 + i))
-            norm.bias.copy_(0.5 * _randn(C, seed=3 + i))
+            norm.weight.copy_(1 + 0.5 * random_tensor(C, seed=1 + i))
+            norm.bias.copy_(0.5 * random_tensor(C, seed=3 + i))
     try:
         learner.load_state_dict(ref.state_dict())
     except RuntimeError as error:
@@ -507,7 +488,7 @@ def _check_layer_case(learner: nn.Module, ref: nn.Module, x: Tensor, pad: Tensor
         atol=1e-8,
     )
     if x.requires_grad:
-        _backward_matches(out, expected, {"x": x}, f"{name}.forward")
+        expect_backward_close(out, expected, {"x": x}, f"{name}.forward")
 
 
 def check_encoder_layer(
@@ -523,14 +504,14 @@ def check_encoder_layer(
         pad[0, 4:] = False
         pad[2, 1:] = False
         cases = [
-            (_randn(3, 6, 8, seed=3, grad=True), pad),
-            (_randn(1, 1, 8, seed=4, grad=True), None),
+            (random_tensor(3, 6, 8, seed=3, grad=True), pad),
+            (random_tensor(1, 1, 8, seed=4, grad=True), None),
         ]
     else:
-        cases = [(_randn(2, 5, 8, seed=5), None)]
+        cases = [(random_tensor(2, 5, 8, seed=5), None)]
     for x, pad in cases:
         _check_layer_case(learner, ref, x, pad)
-    _ok(layer_class.__name__, hidden)
+    report_ok(layer_class.__name__, hidden)
 
 
 # --- 9. Counting parameters -----------------------------------------------------------------
@@ -582,4 +563,4 @@ def check_parameter_count(fn: Callable[[int, int], int], hidden: bool = False) -
     sizes = [(64, 256), (7, 3), (1, 1), (768, 3072)] if hidden else [(512, 2048)]
     for C, d_ff in sizes:
         _check_count_case(fn, C, d_ff)
-    _ok("encoder_layer_parameter_count", hidden)
+    report_ok("encoder_layer_parameter_count", hidden)
