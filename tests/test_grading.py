@@ -1,15 +1,16 @@
 """The grading pipeline, through the real nbgrader.
 
 1. exercises/ is exactly what `nbgrader generate_assignment` makes of solutions/.
-2. A round trip on a temporary course: four students submit (the solution, the untouched
-   exercise, a typical mistake, a cell that loops forever); nbgrader autogrades them and writes
-   feedback; the scores are read back from nbgrader's gradebook.
+2. A round trip per assignment on a temporary course: students submit the solution, the
+   untouched exercise, a typical mistake and (Chapter 1) a cell that loops forever; nbgrader
+   autogrades them and writes feedback; the scores are read back from nbgrader's gradebook.
 """
 
 from __future__ import annotations
 
 import filecmp
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -18,7 +19,6 @@ from nbgrader.api import Gradebook
 
 from tests.grading import ASSIGNMENTS, EXERCISES, SOLUTIONS, generate, nbgrader, new_course
 
-ASSIGNMENT = "01_foundations"
 TIMEOUT = 10  # seconds per cell for the round trip (the course's config says 30)
 
 
@@ -37,23 +37,7 @@ def test_exercises_are_generated_from_solutions(tmp_path: Path) -> None:
             assert same, f"exercises/{assignment}/{name} is stale: run `make exercises`"
 
 
-def _cells(path: Path) -> dict[str, nbformat.NotebookNode]:
-    nb = nbformat.read(path, as_version=4)
-    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
-
-
-def _answers() -> dict[str, dict[str, str]]:
-    """The solution source of every answer cell, by notebook and grade_id."""
-    answers = {}
-    for path in sorted((SOLUTIONS / ASSIGNMENT).glob("*.ipynb")):
-        cells = _cells(path)
-        answers[path.stem] = {
-            gid: c.source for gid, c in cells.items() if c.metadata["nbgrader"]["solution"]
-        }
-    return answers
-
-
-MISTAKE = """
+LAYER_NORM_MISTAKE = """
 def layer_norm(x, weight, bias, eps=1e-5):
     mean = x.mean(dim=-1, keepdim=True)
     var = x.var(dim=-1, keepdim=True)  # unbiased: the typical mistake
@@ -66,19 +50,71 @@ def sinusoidal_encoding(context_length, d_model):
         pass
 """
 
-STUDENTS = {
-    "solution": {},
-    "untouched": None,
-    "mistake": {"01_positions_and_norms": {"layer_norm": MISTAKE}},
-    "loops": {"01_positions_and_norms": {"sinusoidal_encoding": LOOPS_FOREVER}},
+MASK_AFTER_SOFTMAX = """
+def attention(q, k, v, mask=None):
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)  # the typical mistake: masking too late
+    return weights @ v, weights
+"""
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What one assignment's round trip submits and expects."""
+
+    mistake_notebook: str
+    mistake: dict[str, str]  # grade_id of an answer cell -> wrong code
+    failing_test: str  # the test cell that the mistake fails
+    diagnosis: str  # what the generated feedback must say
+    written: str  # grade_id of the hand-graded answer
+    loops: dict[str, dict[str, str]] | None = (
+        None  # notebook -> {grade_id: code that never returns}
+    )
+
+
+ROUND_TRIPS = {
+    "01_foundations": RoundTrip(
+        mistake_notebook="01_positions_and_norms",
+        mistake={"layer_norm": LAYER_NORM_MISTAKE},
+        failing_test="test_layer_norm",
+        diagnosis="Likely mistake: use the biased variance",
+        written="why_positions",
+        loops={"01_positions_and_norms": {"sinusoidal_encoding": LOOPS_FOREVER}},
+    ),
+    "02_attention": RoundTrip(
+        mistake_notebook="01_scaled_dot_product",
+        mistake={"attention": MASK_AFTER_SOFTMAX},
+        failing_test="test_attention",
+        diagnosis="Likely mistake: the mask is applied after the softmax",
+        written="why_sqrt",
+    ),
 }
 
 
-def _submit(course: Path, student: str, changes: dict | None) -> None:
-    folder = course / "submitted" / student / ASSIGNMENT
+def test_every_assignment_has_a_round_trip() -> None:
+    assert sorted(ROUND_TRIPS) == ASSIGNMENTS
+
+
+def _answers(assignment: str) -> dict[str, dict[str, str]]:
+    """The solution source of every answer cell, by notebook and grade_id."""
+    answers = {}
+    for path in sorted((SOLUTIONS / assignment).glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        answers[path.stem] = {
+            c.metadata["nbgrader"]["grade_id"]: c.source
+            for c in cells
+            if c.metadata.get("nbgrader", {}).get("solution")
+        }
+    return answers
+
+
+def _submit(course: Path, assignment: str, student: str, changes: dict | None) -> None:
+    """The released notebooks, with the solutions (and `changes`) filled in unless None."""
+    folder = course / "submitted" / student / assignment
     folder.mkdir(parents=True)
-    answers = _answers()
-    for path in sorted((course / "exercises" / ASSIGNMENT).glob("*.ipynb")):
+    answers = _answers(assignment)
+    for path in sorted((course / "exercises" / assignment).glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         if changes is not None:
             replace = {**answers[path.stem], **changes.get(path.stem, {})}
@@ -89,33 +125,40 @@ def _submit(course: Path, student: str, changes: dict | None) -> None:
         nbformat.write(nb, folder / path.name)
 
 
-@pytest.fixture(scope="module")
-def course(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    course = new_course(tmp_path_factory.mktemp("course"))
+@pytest.fixture(scope="module", params=sorted(ROUND_TRIPS))
+def course(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    assignment, plan = request.param, ROUND_TRIPS[request.param]
+    course = new_course(tmp_path_factory.mktemp(f"course-{assignment}"))
     generate(course)
-    for student, changes in STUDENTS.items():
-        _submit(course, student, changes)
+    students = {"solution": {}, "untouched": None, "mistake": {plan.mistake_notebook: plan.mistake}}
+    if plan.loops:
+        students["loops"] = plan.loops
+    for student, changes in students.items():
+        _submit(course, assignment, student, changes)
     start = time.perf_counter()
     nbgrader(
-        "autograde", ASSIGNMENT, "--force", f"--Execute.timeout={TIMEOUT}", cwd=course, check=False
+        "autograde", assignment, "--force", f"--Execute.timeout={TIMEOUT}", cwd=course, check=False
     )
     seconds = time.perf_counter() - start
-    nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=course)
+    nbgrader("generate_feedback", assignment, "--force", cwd=course)
     scores: dict[str, dict[str, float | None]] = {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        for student in STUDENTS:
-            submission = gradebook.find_submission(ASSIGNMENT, student)
-            scores[student] = {
-                grade.name: grade.auto_score
-                for notebook in submission.notebooks
-                for grade in notebook.grades
-            }
-            points = {
-                grade.name: grade.max_score
-                for notebook in submission.notebooks
-                for grade in notebook.grades
-            }
-    return {"path": course, "scores": scores, "points": points, "seconds": seconds}
+        for student in students:
+            submission = gradebook.find_submission(assignment, student)
+            grades = [grade for notebook in submission.notebooks for grade in notebook.grades]
+            scores[student] = {grade.name: grade.auto_score for grade in grades}
+            points = {grade.name: grade.max_score for grade in grades}
+    notebooks = len(list((SOLUTIONS / assignment).glob("*.ipynb")))
+    waited = TIMEOUT if plan.loops else 0
+    return {
+        "assignment": assignment,
+        "plan": plan,
+        "path": course,
+        "students": students,
+        "scores": scores,
+        "points": points,
+        "seconds_per_notebook": (seconds - waited) / (len(students) * notebooks),
+    }
 
 
 def _autograded(points: dict[str, float]) -> list[str]:
@@ -126,14 +169,14 @@ def test_there_are_enough_graded_cells(course: dict) -> None:
     auto = _autograded(course["points"])
     manual = [gid for gid in course["points"] if not gid.startswith("test_")]
     assert len(auto) >= 8, auto
-    assert manual == ["why_positions"], manual
+    assert manual == [course["plan"].written], manual
 
 
 def test_solution_gets_full_marks(course: dict) -> None:
     scores, points = course["scores"]["solution"], course["points"]
     for gid in _autograded(points):
         assert scores[gid] == points[gid], f"{gid}: {scores[gid]} of {points[gid]}"
-    assert scores["why_positions"] is None  # the written answer waits for a human
+    assert scores[course["plan"].written] is None  # the written answer waits for a human
 
 
 def test_untouched_exercise_gets_zero(course: dict) -> None:
@@ -143,28 +186,25 @@ def test_untouched_exercise_gets_zero(course: dict) -> None:
 
 
 def test_typical_mistake_gets_partial_marks_and_a_diagnosis(course: dict) -> None:
-    scores, points = course["scores"]["mistake"], course["points"]
-    assert scores["test_layer_norm"] == 0
-    others = [gid for gid in _autograded(points) if gid != "test_layer_norm"]
+    plan, scores, points = course["plan"], course["scores"]["mistake"], course["points"]
+    assert scores[plan.failing_test] == 0
+    others = [gid for gid in _autograded(points) if gid != plan.failing_test]
     assert all(scores[gid] == points[gid] for gid in others), scores
-    feedback = course["path"] / "feedback" / "mistake" / ASSIGNMENT / "01_positions_and_norms.html"
-    html = feedback.read_text()
-    assert "Likely mistake: use the biased variance" in html
+    feedback = course["path"] / "feedback" / "mistake" / course["assignment"]
+    assert plan.diagnosis in (feedback / f"{plan.mistake_notebook}.html").read_text()
 
 
 def test_cell_that_loops_forever_scores_zero_and_grading_finishes(course: dict) -> None:
+    if "loops" not in course["students"]:
+        pytest.skip(f"{course['assignment']} submits no looping notebook (01_foundations does)")
     scores, points = course["scores"]["loops"], course["points"]
     assert scores["test_sinusoidal_encoding"] == 0
     assert scores["test_layer_norm"] == points["test_layer_norm"]
     assert scores["test_feed_forward"] == points["test_feed_forward"]
-    assert (
-        course["path"] / "autograded" / "loops" / ASSIGNMENT / "02_transformer_block.ipynb"
-    ).exists()
+    autograded = course["path"] / "autograded" / "loops" / course["assignment"]
+    assert (autograded / "02_transformer_block.ipynb").exists()
 
 
 def test_grading_is_fast(course: dict) -> None:
-    # 4 students x 2 notebooks, one of them waiting out a TIMEOUT-second loop: each of the other
-    # notebooks grades well within the course's 15 s budget.
-    notebooks = len(list((SOLUTIONS / ASSIGNMENT).glob("*.ipynb")))
-    per_notebook = (course["seconds"] - TIMEOUT) / (len(STUDENTS) * notebooks)
-    assert per_notebook < 15, f"{per_notebook:.1f} s per notebook"
+    per_notebook = course["seconds_per_notebook"]
+    assert per_notebook < 15, f"{per_notebook:.1f} s per notebook (budget 15 s)"

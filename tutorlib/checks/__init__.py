@@ -160,7 +160,7 @@ def _closest_mistake(
             wrong = variant().detach().to(actual.dtype)
         if wrong.shape != actual.shape or not _close(actual, wrong, atol, rtol):
             continue
-        distance = float((actual - wrong).abs().max()) if actual.numel() else 0.0
+        distance = float((actual.double() - wrong.double()).abs().max()) if actual.numel() else 0.0
         if distance < best_distance:
             best, best_distance = hint, distance
     return best
@@ -207,7 +207,7 @@ def expect_close(
             f"{what} contains NaN or inf where the expected values are finite "
             "(a division by zero? a missing epsilon?)."
         )
-    diff = (actual - expected).abs()
+    diff = (actual.double() - expected.double()).abs()  # double: masks are bool
     index = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
     raise ExerciseError(
         f"{what} differs from the expected values: the largest difference is "
