@@ -61,6 +61,22 @@ def regenerate() -> None:
     print(f"exercises/ regenerated from solutions/ ({', '.join(ASSIGNMENTS)})")
 
 
+def _merge_streams(cell: nbformat.NotebookNode) -> None:
+    """One stdout block per cell, however the kernel happened to flush it (stable diffs)."""
+    merged: list = []
+    for output in cell.get("outputs", []):
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and output.output_type == previous.output_type == "stream"
+            and output.name == previous.name
+        ):
+            previous.text += output.text
+        else:
+            merged.append(output)
+    cell.outputs = merged
+
+
 def execute_in_place(path: Path, timeout: int = 120) -> None:
     """Execute a notebook and store its outputs, without per-cell timestamps."""
     nb = nbformat.read(path, as_version=4)
@@ -72,6 +88,9 @@ def execute_in_place(path: Path, timeout: int = 120) -> None:
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            _merge_streams(cell)
     nbformat.write(nb, path)
 
 
