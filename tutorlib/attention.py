@@ -187,7 +187,8 @@ def scaled_dot_product_attention(
     """softmax(Q K^T / sqrt(D) + mask) V, with the signature of `F.scaled_dot_product_attention`.
 
     `attn_mask` is bool (True = may attend) or float (added to the scores), broadcastable to
-    (..., T, S). A query row that may attend to nothing returns zeros (torch returns NaN there).
+    (..., T, S). A query row that may attend to nothing returns zeros, on both paths (older torch
+    releases return NaN there; `nn.MultiheadAttention` still does when every key is padding).
     With `need_weights=True` the computation is written out and `(output, weights)` is
     returned; otherwise it runs on torch's fused kernel and only the output is returned.
     `dropout_p` applies as given: pass 0.0 in evaluation.
@@ -240,7 +241,7 @@ class MultiHeadAttention(nn.Module):
         attn_mask (T, S), (B, T, S) or (B, H, T, S)
         ->  output (B, T, C), weights (B, T, S) averaged over heads, (B, H, T, S), or None
 
-    Book: 2.5 Multi-head attention.
+    Book: 2.4 Self-attention, cross-attention and multiple heads.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
