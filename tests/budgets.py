@@ -82,6 +82,7 @@ def read(path: Path) -> nbformat.NotebookNode:
 
 def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
     """Execute `path` in a fresh kernel (cwd = its folder); raises if a cell fails."""
+    path = path.resolve()
     nb = read(path)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     client = nbclient.NotebookClient(
