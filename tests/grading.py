@@ -94,6 +94,20 @@ def execute_in_place(path: Path, timeout: int = 120) -> None:
     nbformat.write(nb, path)
 
 
+def solution_namespace(assignment: str) -> dict:
+    """The names that an assignment's setup and solution cells define, as a learner's kernel
+    would hold them after a correct submission."""
+    namespace: dict = {}
+    for path in sorted((SOLUTIONS / assignment).glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type == "code" and (
+                meta.get("solution") or meta.get("grade_id") == "setup"
+            ):
+                exec(cell.source, namespace)
+    return namespace
+
+
 def main(argv: list[str]) -> None:
     if argv == ["regenerate"]:
         regenerate()

@@ -4,31 +4,20 @@ or the reference cannot do the learner's work."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import expect_hint
+from tests.grading import solution_namespace
 from tutorlib import attention as reference
-from tutorlib.checks import ExerciseError
 from tutorlib.checks import attention as checks
-
-SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions" / "02_attention"
 
 
 @pytest.fixture(scope="module")
 def solution() -> dict:
-    namespace: dict = {}
-    for path in sorted(SOLUTIONS.glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if cell.cell_type == "code" and (
-                meta.get("solution") or meta.get("grade_id") == "setup"
-            ):
-                exec(cell.source, namespace)
-    return namespace
+    return solution_namespace("02_attention")
 
 
 CHECKS = [
@@ -48,12 +37,6 @@ CHECKS = [
 def test_solutions_pass(solution, name, check, hidden, capsys) -> None:
     check(solution[name], hidden=hidden)
     assert capsys.readouterr().out.startswith("OK:")
-
-
-def _expect_hint(check, candidate, hint: str, hidden: bool = True) -> None:
-    with pytest.raises(ExerciseError) as error:
-        check(candidate, hidden=hidden)
-    assert hint in str(error.value), str(error.value)
 
 
 def _attention(scale=True, axis=-1, mask_after=False, inverted=False):
@@ -79,7 +62,7 @@ def _attention(scale=True, axis=-1, mask_after=False, inverted=False):
     ],
 )
 def test_attention_mistakes_are_named(candidate, hint, hidden) -> None:
-    _expect_hint(checks.check_attention, candidate, hint, hidden)
+    expect_hint(checks.check_attention, candidate, hint, hidden)
 
 
 def _window(T: int, w: int, causal: bool = True) -> torch.Tensor:
@@ -88,29 +71,29 @@ def _window(T: int, w: int, causal: bool = True) -> torch.Tensor:
 
 
 def test_mask_mistakes_are_named() -> None:
-    _expect_hint(
+    expect_hint(
         checks.check_causal_mask,
         lambda T: torch.ones(T, T, dtype=torch.bool).triu(),
         "inverted or transposed",
     )
-    _expect_hint(
+    expect_hint(
         checks.check_causal_mask,
         lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1),
         "diagonal is missing",
     )
-    _expect_hint(checks.check_causal_mask, lambda T: torch.ones(T, T).tril(), "boolean")
-    _expect_hint(
+    expect_hint(checks.check_causal_mask, lambda T: torch.ones(T, T).tril(), "boolean")
+    expect_hint(
         checks.check_sliding_window_mask,
         lambda T, w: _window(T, w + 1),
         "off by one",
     )
-    _expect_hint(
+    expect_hint(
         checks.check_sliding_window_mask,
         lambda T, w: _window(T, w, causal=False),
         "causal",
     )
-    _expect_hint(checks.check_combine_masks, lambda a, p: a | p[:, None, None, :], "AND")
-    _expect_hint(checks.check_combine_masks, lambda a, p: a & p[:, None, :], "head axis")
+    expect_hint(checks.check_combine_masks, lambda a, p: a | p[:, None, None, :], "AND")
+    expect_hint(checks.check_combine_masks, lambda a, p: a & p[:, None, :], "head axis")
 
 
 def test_head_mistakes_are_named() -> None:
@@ -122,8 +105,8 @@ def test_head_mistakes_are_named() -> None:
         B, H, T, D = x.shape
         return x.reshape(B, T, H * D)
 
-    _expect_hint(checks.check_split_heads, scrambled_split, "scrambled")
-    _expect_hint(checks.check_merge_heads, wrong_order_merge, "heads merged in the wrong order")
+    expect_hint(checks.check_split_heads, scrambled_split, "scrambled")
+    expect_hint(checks.check_merge_heads, wrong_order_merge, "heads merged in the wrong order")
 
 
 def test_multi_head_mistakes_are_named(solution) -> None:
@@ -139,15 +122,15 @@ def test_multi_head_mistakes_are_named(solution) -> None:
         q, k, v = (split(x @ w.T, n_heads) for x, w in ((x_q, w_q), (x_kv, w_k), (x_kv, w_v)))
         return merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
-    _expect_hint(checks.check_multi_head_attention, wrong_merge, "heads merged in the wrong order")
-    _expect_hint(checks.check_multi_head_attention, no_out_proj, "output projection W^O is missing")
+    expect_hint(checks.check_multi_head_attention, wrong_merge, "heads merged in the wrong order")
+    expect_hint(checks.check_multi_head_attention, no_out_proj, "output projection W^O is missing")
 
 
 def test_linear_attention_mistake_is_named() -> None:
     def no_normalizer(q, k, v):
         return (F.elu(q) + 1) @ ((F.elu(k) + 1).transpose(-2, -1) @ v)
 
-    _expect_hint(checks.check_linear_attention, no_normalizer, "normalizer is missing")
+    expect_hint(checks.check_linear_attention, no_normalizer, "normalizer is missing")
 
 
 def test_builtins_and_reference_are_refused() -> None:
@@ -158,11 +141,11 @@ def test_builtins_and_reference_are_refused() -> None:
         ),
     ]
     for cheat in cheats:
-        _expect_hint(checks.check_attention, cheat, "Not allowed in this exercise", hidden=False)
-    _expect_hint(
+        expect_hint(checks.check_attention, cheat, "Not allowed in this exercise", hidden=False)
+    expect_hint(
         checks.check_causal_mask, lambda T: reference.causal_mask(T), "Not allowed", hidden=False
     )
-    _expect_hint(
+    expect_hint(
         checks.check_linear_attention,
         lambda q, k, v: reference.linear_attention(q, k, v),
         "Not allowed",
@@ -174,7 +157,7 @@ def test_builtins_and_reference_are_refused() -> None:
         ).double()
         return module(x_q, x_kv, x_kv)[0]
 
-    _expect_hint(checks.check_multi_head_attention, mha_cheat, "Not allowed", hidden=False)
+    expect_hint(checks.check_multi_head_attention, mha_cheat, "Not allowed", hidden=False)
     # everything works again afterwards
     q = torch.randn(1, 3, 4)
     torch.testing.assert_close(

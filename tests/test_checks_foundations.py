@@ -4,32 +4,21 @@ reference or the torch built-in cannot stand in for the learner's code."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import expect_hint
+from tests.grading import solution_namespace
 from tutorlib import layers
-from tutorlib.checks import ExerciseError, forbid, run_candidate
+from tutorlib.checks import forbid, run_candidate
 from tutorlib.checks import foundations as checks
-
-SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions" / "01_foundations"
 
 
 @pytest.fixture(scope="module")
 def solution() -> dict:
-    """The learner-facing names, defined by the solution cells of the instructor notebooks."""
-    namespace: dict = {}
-    for path in sorted(SOLUTIONS.glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if cell.cell_type == "code" and (
-                meta.get("solution") or meta.get("grade_id") == "setup"
-            ):
-                exec(cell.source, namespace)
-    return namespace
+    return solution_namespace("01_foundations")
 
 
 CHECKS = [
@@ -58,18 +47,10 @@ def test_solution_layers_pass(solution, cls, norm_first, hidden) -> None:
     checks.check_encoder_layer(solution[cls], norm_first=norm_first, hidden=hidden)
 
 
-def _expect_hint(check, candidate, hint: str, hidden: bool = True) -> None:
-    with pytest.raises(ExerciseError) as error:
-        check(candidate, hidden=hidden)
-    assert hint in str(error.value), str(error.value)
-
-
 @pytest.mark.parametrize("kind", list(checks.PE_MISTAKES))
 def test_pe_mistakes_are_named(kind) -> None:
     candidate = lambda T, d: checks._pe_variant(T, d, kind).float()  # noqa: E731
-    _expect_hint(
-        checks.check_sinusoidal_encoding, candidate, checks.PE_MISTAKES[kind], hidden=False
-    )
+    expect_hint(checks.check_sinusoidal_encoding, candidate, checks.PE_MISTAKES[kind], hidden=False)
 
 
 def _ln(unbiased=False, eps_outside=False, dim=-1, affine=True):
@@ -104,11 +85,11 @@ def _ln_without_eps(x, w, b, eps=1e-5):
     ],
 )
 def test_layer_norm_mistakes_are_named(candidate, hint) -> None:
-    _expect_hint(checks.check_layer_norm, candidate, hint)
+    expect_hint(checks.check_layer_norm, candidate, hint)
 
 
 def test_embed_mistake_is_named() -> None:
-    _expect_hint(
+    expect_hint(
         checks.check_embed,
         lambda tok, table, pos: table[tok] + pos[: tok.shape[1]],
         "sqrt(d_model)",
@@ -128,16 +109,16 @@ def test_embed_mistake_is_named() -> None:
     ],
 )
 def test_feed_forward_mistakes_are_named(candidate, hint) -> None:
-    _expect_hint(checks.check_feed_forward, candidate, hint)
+    expect_hint(checks.check_feed_forward, candidate, hint)
 
 
 def test_residual_mistakes_are_named() -> None:
     pre = lambda x, f, n: x + f(n(x))  # noqa: E731
     post = lambda x, f, n: n(x + f(x))  # noqa: E731
-    _expect_hint(checks.check_post_norm_residual, pre, "this is pre-norm")
-    _expect_hint(checks.check_pre_norm_residual, post, "this is post-norm")
-    _expect_hint(checks.check_pre_norm_residual, lambda x, f, n: n(x) + f(n(x)), "un-normalized x")
-    _expect_hint(
+    expect_hint(checks.check_post_norm_residual, pre, "this is pre-norm")
+    expect_hint(checks.check_pre_norm_residual, post, "this is post-norm")
+    expect_hint(checks.check_pre_norm_residual, lambda x, f, n: n(x) + f(n(x)), "un-normalized x")
+    expect_hint(
         checks.check_post_norm_residual, lambda x, f, n: n(f(x)), "residual connection is missing"
     )
 
@@ -159,12 +140,12 @@ def test_encoder_layer_mistakes_are_named(solution) -> None:
         return x + self.linear2(torch.relu(self.linear1(self.norm2(x))))
 
     post = "PostNormEncoderLayer"
-    _expect_hint(
+    expect_hint(
         lambda c, hidden: checks.check_encoder_layer(c, False, hidden),
         _layer_with(solution, post, no_inversion),
         "pass ~padding_mask",
     )
-    _expect_hint(
+    expect_hint(
         lambda c, hidden: checks.check_encoder_layer(c, False, hidden),
         _layer_with(solution, post, pre_norm),
         "pre-norm arrangement",
@@ -181,7 +162,7 @@ def test_encoder_layer_mistakes_are_named(solution) -> None:
     ],
 )
 def test_parameter_count_mistakes_are_named(candidate, hint) -> None:
-    _expect_hint(checks.check_parameter_count, candidate, hint)
+    expect_hint(checks.check_parameter_count, candidate, hint)
 
 
 def test_calling_the_reference_or_the_builtin_is_refused() -> None:
@@ -194,8 +175,8 @@ def test_calling_the_reference_or_the_builtin_is_refused() -> None:
         lambda x, w, b, eps=1e-5: layers.LayerNorm(x.shape[-1]).double()(x) * w + b,
     ]
     for cheat in cheats:
-        _expect_hint(checks.check_layer_norm, cheat, "Not allowed in this exercise", hidden=False)
-    _expect_hint(
+        expect_hint(checks.check_layer_norm, cheat, "Not allowed in this exercise", hidden=False)
+    expect_hint(
         checks.check_embed,
         lambda tok, table, pos: (
             F.embedding(tok, table) * table.shape[1] ** 0.5 + pos[: tok.shape[1]]
@@ -219,13 +200,13 @@ def test_stub_and_errors_are_reported_readably() -> None:
     def stub(*args, **kwargs):
         raise NotImplementedError()
 
-    _expect_hint(checks.check_layer_norm, stub, "not implemented yet")
-    _expect_hint(
+    expect_hint(checks.check_layer_norm, stub, "not implemented yet")
+    expect_hint(
         checks.check_layer_norm,
         lambda x, w, b, eps=1e-5: x @ torch.ones(3),
         "layer_norm raised RuntimeError",
     )
-    _expect_hint(
+    expect_hint(
         checks.check_layer_norm,
         lambda x, w, b, eps=1e-5: x.numpy(),
         "should be a torch.Tensor",
