@@ -170,6 +170,23 @@ def check_attention(fn: Callable, hidden: bool = False) -> None:
 # --- 2, 3, 4. Masks ----------------------------------------------------------------------------
 
 
+def _expect_mask(out: object, expected: Tensor, mistakes: dict[str, Tensor], what: str) -> None:
+    """A boolean mask equal to `expected`, or the hint of the mistaken mask it equals."""
+    if isinstance(out, Tensor) and out.dtype != torch.bool:
+        raise ExerciseError(
+            f"{what} has dtype {out.dtype}; a mask is boolean (True = may attend): "
+            "compare with <=, or call .bool()."
+        )
+    expect_close(
+        out,
+        expected,
+        what=what,
+        mistakes={hint: (lambda m=m: m) for hint, m in mistakes.items()},
+        atol=0,
+        rtol=0,
+    )
+
+
 def _check_mask(
     fn: Callable,
     args: tuple,
@@ -179,19 +196,7 @@ def _check_mask(
     forbidden: list[Target],
 ) -> None:
     out = run_candidate(fn, *args, exercise=name, forbidden=forbidden)
-    if isinstance(out, Tensor) and out.dtype != torch.bool:
-        raise ExerciseError(
-            f"{name}{args} has dtype {out.dtype}; a mask is boolean (True = may attend): "
-            "compare with <=, or call .bool()."
-        )
-    expect_close(
-        out,
-        expected,
-        what=f"{name}{args}",
-        mistakes={hint: (lambda m=m: m) for hint, m in mistakes.items()},
-        atol=0,
-        rtol=0,
-    )
+    _expect_mask(out, expected, mistakes, f"{name}{args}")
 
 
 _MASK_FORBIDDEN: list[Target] = [
@@ -263,16 +268,7 @@ def check_combine_masks(fn: Callable[[Tensor, Tensor], Tensor], hidden: bool = F
                 f"combine_masks returned shape {tuple(out.shape)}; keep a head axis of size 1 "
                 f"so the mask broadcasts over heads: ({len(lengths)}, 1, {T}, {S})."
             )
-        if isinstance(out, Tensor) and out.dtype != torch.bool:
-            raise ExerciseError(f"combine_masks returned dtype {out.dtype}; masks are boolean.")
-        expect_close(
-            out,
-            expected,
-            what=f"combine_masks for T={T}, S={S}, lengths {lengths}",
-            mistakes={h: (lambda m=m: m) for h, m in mistakes.items()},
-            atol=0,
-            rtol=0,
-        )
+        _expect_mask(out, expected, mistakes, f"combine_masks for T={T}, S={S}, lengths {lengths}")
     report_ok("combine_masks", hidden)
 
 
