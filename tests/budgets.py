@@ -33,7 +33,7 @@ PROBE = """
 import json as _json, resource as _resource
 _peak = max(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss,
             _resource.getrusage(_resource.RUSAGE_CHILDREN).ru_maxrss)
-print(_json.dumps({"peak_kib": _peak}))
+print("BUDGET_PROBE", _json.dumps({"peak_kib": _peak}))
 """
 
 
@@ -94,7 +94,9 @@ def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    probe = json.loads(nb.cells[-1].outputs[-1]["text"])
+    # The kernel may flush a print in several stream messages: read them together.
+    stdout = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
+    probe = json.loads(stdout.split("BUDGET_PROBE", 1)[1])
     return Measurement(str(path.relative_to(ROOT)), seconds, probe["peak_kib"] / 1024)
 
 
