@@ -1,14 +1,26 @@
 """Synthetic tasks generated on the fly: no downloads, seeded, any size.
 
-Book: 1.1 Why transformers; 1.3 The transformer block; 2.5 Associative recall.
+Book: 1.1 Why transformers; 1.3 The transformer block; 2.5 Associative recall;
+3.2 Training the date translator (dates in human formats -> ISO 8601).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import random
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["associative_recall_batch", "recall_batch", "sorting_batch"]
+__all__ = [
+    "DATE_FORMATS",
+    "associative_recall_batch",
+    "date_translation_data",
+    "format_date",
+    "recall_batch",
+    "sorting_batch",
+]
 
 
 def sorting_batch(
@@ -109,3 +121,103 @@ def associative_recall_batch(
     pairs = torch.stack([keys, values], dim=2).reshape(batch_size, 2 * n_pairs)  # (B, 2n)
     inputs = torch.cat([pairs, query.unsqueeze(1)], dim=1)  # (B, 2n + 1)
     return inputs.to(device), targets.to(device)
+
+
+# ---- Dates: a translation task with an exact answer ----------------------------------------
+
+MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
+WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_UNITS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth"
+).split()
+
+
+def _ordinal_word(day: int) -> str:
+    """1 -> "first", 21 -> "twenty-first", 30 -> "thirtieth"."""
+    if day < 20:
+        return _UNITS[day - 1]
+    tens = {2: "twenty", 3: "thirty"}[day // 10]
+    return {20: "twentieth", 30: "thirtieth"}.get(day, f"{tens}-{_UNITS[day % 10 - 1]}")
+
+
+def _suffix(day: int) -> str:
+    if day in (11, 12, 13):
+        return "th"
+    return {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+
+
+# Every numeric format puts the day before the month, so no date string is ambiguous; two-digit
+# years stand for 1950-2049, the range the data is drawn from.
+DATE_FORMATS: dict[str, Callable[[dt.date], str]] = {
+    "5 March 2021": lambda d: f"{d.day} {MONTHS[d.month - 1]} {d.year}",
+    "Mar 5, '21": lambda d: f"{MONTHS[d.month - 1][:3]} {d.day}, '{d.year % 100:02d}",
+    "05/03/2021": lambda d: f"{d.day:02d}/{d.month:02d}/{d.year}",
+    "Friday the fifth of March 2021": lambda d: (
+        f"{WEEKDAYS[d.weekday()]} the {_ordinal_word(d.day)} of {MONTHS[d.month - 1]} {d.year}"
+    ),
+    "March 5, 2021": lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year}",
+    "5.3.21": lambda d: f"{d.day}.{d.month}.{d.year % 100:02d}",
+    "5th March 2021": lambda d: f"{d.day}{_suffix(d.day)} {MONTHS[d.month - 1]} {d.year}",
+    "fri 05 mar 2021": lambda d: (
+        f"{WEEKDAYS[d.weekday()][:3].lower()} {d.day:02d} {MONTHS[d.month - 1][:3].lower()} "
+        f"{d.year}"
+    ),
+    "the 5th of March, 2021": lambda d: (
+        f"the {d.day}{_suffix(d.day)} of {MONTHS[d.month - 1]}, {d.year}"
+    ),
+    "05-Mar-2021": lambda d: f"{d.day:02d}-{MONTHS[d.month - 1][:3]}-{d.year}",
+    "MARCH 5 2021": lambda d: f"{MONTHS[d.month - 1].upper()} {d.day} {d.year}",
+    "2021/03/05": lambda d: f"{d.year}/{d.month:02d}/{d.day:02d}",
+}
+
+FIRST_DATE, LAST_DATE = dt.date(1950, 1, 1), dt.date(2049, 12, 31)
+
+
+def format_date(date: dt.date, style: str) -> str:
+    """Write `date` in one of the `DATE_FORMATS`, named by how it writes 5 March 2021.
+
+    Book: 3.2 Training the date translator.
+    """
+    if style not in DATE_FORMATS:
+        raise ValueError(f"unknown date style {style!r}; choose one of {list(DATE_FORMATS)}")
+    return DATE_FORMATS[style](date)
+
+
+def date_translation_data(
+    n_train: int, n_test: int, seed: int = 0, block_days: int = 90, test_every: int = 10
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(human date, ISO date) pairs, e.g. ("Mar 5, '21", "2021-03-05"), for training and test.
+
+    The days from 1950 to 2049 are cut into blocks of `block_days` consecutive days; every
+    `test_every`-th block is held out. Training pairs come from the other blocks only, so a
+    test date is one the model has never seen in any format: the test measures whether it
+    learnt to read dates, not whether it remembers them. Each pair gets a random style.
+
+    Returns:
+        train, test: lists of (source, target) strings; targets are always 10 characters.
+
+    Book: 3.2 Training the date translator.
+    """
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if block_days < 1 or test_every < 2:
+        raise ValueError("need block_days >= 1 and test_every >= 2")
+    rng = random.Random(seed)
+    n_days = (LAST_DATE - FIRST_DATE).days + 1
+    held_out = [(day // block_days) % test_every == test_every - 1 for day in range(n_days)]
+    train_days = [day for day in range(n_days) if not held_out[day]]
+    test_days = [day for day in range(n_days) if held_out[day]]
+    styles = list(DATE_FORMATS)
+
+    def pairs(days: list[int], n: int) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            date = FIRST_DATE + dt.timedelta(days=rng.choice(days))
+            out.append((format_date(date, rng.choice(styles)), date.isoformat()))
+        return out
+
+    return pairs(train_days, n_train), pairs(test_days, n_test)
