@@ -58,6 +58,17 @@ def attention(q, k, v, mask=None):
     return weights @ v, weights
 """
 
+PADDING_IN_THE_MEAN = """
+def smoothed_loss(logits, targets, smoothing, pad_id):
+    V = logits.shape[-1]
+    log_probs = torch.log_softmax(logits.reshape(-1, V), dim=-1)
+    targets = targets.reshape(-1)
+    keep = targets != pad_id
+    nll = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    per_token = (1 - smoothing) * nll + smoothing * -log_probs.mean(dim=-1)
+    return (per_token * keep).sum() / targets.numel()  # the typical mistake: pads in the mean
+"""
+
 
 @dataclass(frozen=True)
 class RoundTrip:
@@ -88,6 +99,13 @@ ROUND_TRIPS = {
         failing_test="test_attention",
         diagnosis="Likely mistake: the mask is applied after the softmax",
         written="why_sqrt",
+    ),
+    "03_training": RoundTrip(
+        mistake_notebook="01_training_loop",
+        mistake={"smoothed_loss": PADDING_IN_THE_MEAN},
+        failing_test="test_smoothed_loss",
+        diagnosis="Likely mistake: the padding positions are counted in the mean",
+        written="post_vs_pre_norm",
     ),
 }
 

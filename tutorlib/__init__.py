@@ -1,8 +1,8 @@
 """tutorlib: the reference PyTorch code of the transformer course book.
 
 One module per concept, in the order the book introduces them: `embeddings`, `attention`,
-`layers`, `models`, `training`, `data`, `plotting`; `checks` holds what the exercises'
-tests call.
+`layers`, `models`, `training`, `decoding`, `tokenizers`, `corpus` (the offline English text),
+`data` (generated tasks), `plotting`; `checks` holds what the exercises' tests call.
 """
 
 from tutorlib.runtime import get_device, seed_everything
