@@ -26,6 +26,8 @@ from myst_nb.core.read import read_myst_markdown_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS_BUDGET = 90
+# The one page allowed more: it trains the date translator to its target (issue 4).
+LONG_PAGES = {"book/03_training/02_date_translator.md": 180}
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"
 
@@ -42,6 +44,7 @@ class Measurement:
     path: str
     seconds: float
     peak_mb: float
+    stdout: str = ""  # everything the cells printed, for tests that read a page's results
 
 
 def book_pages() -> list[Path]:
@@ -80,8 +83,13 @@ def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
-def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
+def seconds_budget(path: Path) -> int:
+    return LONG_PAGES.get(path.resolve().relative_to(ROOT).as_posix(), SECONDS_BUDGET)
+
+
+def measure(path: Path, timeout: int | None = None) -> Measurement:
     """Execute `path` in a fresh kernel (cwd = its folder); raises if a cell fails."""
+    timeout = timeout or 2 * seconds_budget(path)
     path = path.resolve()
     nb = read(path)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
@@ -97,13 +105,21 @@ def measure(path: Path, timeout: int = 2 * SECONDS_BUDGET) -> Measurement:
     # The kernel may flush a print in several stream messages: read them together.
     stdout = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
     probe = json.loads(stdout.split("BUDGET_PROBE", 1)[1])
-    return Measurement(str(path.relative_to(ROOT)), seconds, probe["peak_kib"] / 1024)
+    printed = "".join(
+        o.get("text", "")
+        for cell in nb.cells[:-1]
+        for o in cell.get("outputs", [])
+        if o.get("name") == "stdout"
+    )
+    return Measurement(str(path.relative_to(ROOT)), seconds, probe["peak_kib"] / 1024, printed)
 
 
 def table(measurements: list[Measurement]) -> str:
     lines = [
         f"Measured by `make budgets` on {os.cpu_count()} {platform.machine()} CPU cores, no GPU "
-        f"(budget: {SECONDS_BUDGET} s and {MEMORY_BUDGET_MB} MB per notebook).",
+        f"(budget: {SECONDS_BUDGET} s and {MEMORY_BUDGET_MB} MB per notebook; "
+        + ", ".join(f"`{p}` {s} s" for p, s in LONG_PAGES.items())
+        + ").",
         "",
         "| notebook | time (s) | peak memory (MB) |",
         "|---|---:|---:|",

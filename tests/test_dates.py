@@ -68,3 +68,27 @@ def test_errors() -> None:
         format_date(dt.date(2021, 3, 5), "%Y")
     with pytest.raises(ValueError, match="n_train"):
         date_translation_data(-1, 10)
+
+
+def test_seq2seq_batches_group_by_length_and_shift_targets() -> None:
+    import torch
+
+    from tutorlib.data import seq2seq_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (500,), generator=g)
+    real = torch.arange(30) < lengths[:, None]  # (N, 30)
+    src = torch.where(real, 7, 0)
+    tgt = torch.randint(3, 9, (500, 6), generator=g)
+    make_batch = seq2seq_batches(src, real, tgt, batch_size=16, pool=8, generator=g)
+    widths, spreads = [], []
+    for _ in range(16):
+        (s, t_in, r), labels = make_batch()
+        assert s.shape[0] == 16 and torch.equal(t_in[:, 1:], labels[:, :-1])
+        assert int(r.sum(1).max()) == s.shape[1], "cut to the longest source"
+        widths.append(s.shape[1])
+        spreads.append(int(r.sum(1).max() - r.sum(1).min()))
+    assert min(widths) < 15 < max(widths), "batches of short and of long sources"
+    assert sum(spreads) / len(spreads) < 10, "a batch holds sources of similar length"
+    with pytest.raises(ValueError, match="same number of pairs"):
+        seq2seq_batches(src, real, tgt[:10])

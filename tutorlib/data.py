@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -19,6 +19,7 @@ __all__ = [
     "date_translation_data",
     "format_date",
     "recall_batch",
+    "seq2seq_batches",
     "sorting_batch",
 ]
 
@@ -221,3 +222,57 @@ def date_translation_data(
         return out
 
     return pairs(train_days, n_train), pairs(test_days, n_test)
+
+
+def seq2seq_batches(
+    src: Tensor,
+    src_padding_mask: Tensor,
+    tgt: Tensor,
+    batch_size: int = 128,
+    pool: int = 8,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Callable[[], tuple[tuple[Tensor, Tensor, Tensor], Tensor]]:
+    """A `make_batch` for `tutorlib.training.fit` and a `Transformer`: random pairs, grouped
+    by source length, with teacher forcing.
+
+    Each refill draws pool * batch_size random pairs, sorts them by source length, cuts them
+    into `pool` batches and serves those in random order; each batch is cut to its longest
+    source. Far less padding than purely random batches, and the data stays random. `tgt`
+    holds `<bos>` ids `<eos>` (right-padded): the decoder reads tgt[:, :-1] and is trained to
+    predict tgt[:, 1:].
+
+    Shapes:
+        src, src_padding_mask (N, S); tgt (N, T)
+        make_batch()  ->  ((src (B, S'), tgt_in (B, T-1), src_padding_mask (B, S')),
+                           labels (B, T-1))
+
+    Book: 3.2 Training the date translator.
+    """
+    if src.shape != src_padding_mask.shape or src.shape[0] != tgt.shape[0]:
+        raise ValueError(
+            f"src {tuple(src.shape)}, src_padding_mask {tuple(src_padding_mask.shape)} and tgt "
+            f"{tuple(tgt.shape)} must hold the same number of pairs"
+        )
+    if src_padding_mask.dtype != torch.bool:
+        raise TypeError(f"src_padding_mask must be bool, True = real; got {src_padding_mask.dtype}")
+    if batch_size < 1 or pool < 1:
+        raise ValueError(f"need batch_size >= 1 and pool >= 1, got {batch_size}, {pool}")
+    lengths = src_padding_mask.sum(1)  # (N,)
+    queue: list[Tensor] = []
+
+    def refill() -> Iterator[Tensor]:
+        index = torch.randint(0, src.shape[0], (pool * batch_size,), generator=generator)
+        index = index[lengths[index].argsort()]  # similar lengths next to each other
+        batches = index.split(batch_size)
+        return (batches[i] for i in torch.randperm(len(batches), generator=generator))
+
+    def make_batch() -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        if not queue:
+            queue.extend(refill())
+        index = queue.pop()
+        width = int(lengths[index].max())
+        s, r, t = src[index, :width], src_padding_mask[index, :width], tgt[index]
+        return (s.to(device), t[:, :-1].to(device), r.to(device)), t[:, 1:].to(device)
+
+    return make_batch
