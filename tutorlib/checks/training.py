@@ -8,7 +8,8 @@ tiny seeded encoder-decoder and compares the updated weights, and `check_mask_to
 random function by its statistics on a large seeded batch.
 
 The byte-pair-encoding references (`merge_pair`, `most_frequent_pair`) are written out here,
-so the checks do not depend on tutorlib.tokenizers' API.
+with the likely mistakes next to them; tutorlib.tokenizers' versions are blocked while the
+learner's code runs.
 
 Book: Chapter 3 exercises.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import clip_grad as _clip_grad_module
 
-from tutorlib import decoding, training
+from tutorlib import decoding, tokenizers, training
 from tutorlib.checks import (
     ExerciseError,
     Target,
@@ -39,11 +40,6 @@ from tutorlib.checks import (
     run_candidate,
 )
 from tutorlib.models import Transformer, TransformerConfig
-
-try:  # written alongside these checks; only its reference functions are blocked
-    from tutorlib import tokenizers as _tokenizers
-except Exception:  # pragma: no cover - the checks must not depend on it
-    _tokenizers = None
 
 __all__ = [
     "check_clip_gradients",
@@ -646,9 +642,9 @@ def check_training_step(fn: Callable, hidden: bool = False) -> None:
 
 # --- 7, 8. Byte-pair encoding --------------------------------------------------------------------
 
-_BPE_FORBIDDEN: list[Target] = _existing(
-    [(_tokenizers, name) for name in ("merge_pair", "pair_counts", "most_frequent_pair")]
-)
+_BPE_FORBIDDEN: list[Target] = [
+    (tokenizers, name) for name in ("merge_pair", "pair_counts", "most_frequent_pair")
+]
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int, kind: str = "") -> list[int]:
