@@ -37,17 +37,21 @@ __all__ = [
 Schedule = Callable[[int], float]
 
 
+def _check_logits(logits: Tensor, targets: Tensor) -> None:
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} should be targets {tuple(targets.shape)} plus a "
+            "vocabulary dimension"
+        )
+
+
 def sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over every position.
 
     Shapes:
         logits (B, T, V) or (B, V); targets (B, T) or (B,)  ->  scalar
     """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} should be targets {tuple(targets.shape)} plus a "
-            "vocabulary dimension"
-        )
+    _check_logits(logits, targets)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -68,11 +72,7 @@ def label_smoothed_cross_entropy(
 
     Book: 3.2 Training the date translator.
     """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} should be targets {tuple(targets.shape)} plus a "
-            "vocabulary dimension"
-        )
+    _check_logits(logits, targets)
     if targets.dtype != torch.long:
         raise TypeError(f"targets must be int64 token ids, got {targets.dtype}")
     if not 0.0 <= smoothing < 1.0:
