@@ -19,6 +19,7 @@ from tutorlib.distributed import (
     ddp_worker,
     launch,
     pipeline_schedule,
+    pipeline_worker,
     single_process_training,
     tensor_parallel_worker,
 )
@@ -133,3 +134,25 @@ def test_launch_from_a_notebook_kernel_cleans_up_after_a_failing_cell() -> None:
         error["traceback"]
     )
     assert last.outputs[0]["text"].strip() == "children []"
+
+
+def test_two_stage_pipeline_gradients_equal_one_process() -> None:
+    config = TransformerConfig(
+        vocab_size=20,
+        context_length=16,
+        d_model=32,
+        n_heads=2,
+        n_layers=2,
+        d_ff=64,
+        norm_first=True,
+        tie_weights=False,
+    )
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 20, (8, 16), generator=g)
+    targets = torch.randint(0, 20, (8, 16), generator=g)
+    first, second = launch(pipeline_worker, 2, (config, inputs, targets, 4))
+    assert set(first).isdisjoint(second), "each parameter lives on one stage"
+    reference = single_process_training(config, inputs[None], targets[None])["grads"]
+    assert set(first) | set(second) == set(reference)
+    for name, grad in {**first, **second}.items():
+        torch.testing.assert_close(grad, reference[name], rtol=0, atol=1e-6)

@@ -30,6 +30,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor
 
+from tutorlib.attention import causal_mask
 from tutorlib.models import DecoderOnly, TransformerConfig
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "free_port",
     "launch",
     "pipeline_schedule",
+    "pipeline_worker",
     "row_parallel_linear",
     "single_process_training",
     "tensor_parallel_worker",
@@ -334,3 +336,79 @@ def pipeline_schedule(n_stages: int, n_microbatches: int) -> list[list[str]]:
             grid[s][s + m] = f"F{m}"  # forward: stage s starts micro-batch m at slot s + m
             grid[s][(M + S - 1) + (S - 1 - s) + m] = f"B{m}"  # backward runs the stages back
     return grid
+
+
+def _stage(model: DecoderOnly, rank: int, split: int) -> Callable[[Tensor], Tensor]:
+    """Stage 0: embeddings and layers [0, split); stage 1: layers [split, L), norm, output."""
+    layers = model.decoder.layers
+
+    def run(layer_range: range, x: Tensor) -> Tensor:
+        mask = causal_mask(x.shape[1], x.device)  # (T, T)
+        for i in layer_range:
+            x = layers[i](x, mask=mask)
+        return x  # (b, T, C)
+
+    if rank == 0:
+        return lambda tokens: run(range(split), model.decoder.embed(tokens))
+    return lambda x: model.output(model.decoder.final_norm(run(range(split, len(layers)), x)))
+
+
+def pipeline_worker(
+    rank: int,
+    world_size: int,
+    config: TransformerConfig,
+    inputs: Tensor,
+    targets: Tensor,
+    n_microbatches: int = 4,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Tensor]:
+    """Two-stage pipeline parallelism with GPipe's schedule, for one batch; run it with
+    `launch(pipeline_worker, 2, ...)`.
+
+    Both ranks build the same model from the seed (untied output weights: the two ends of the
+    model live on different ranks); rank 0 keeps the embeddings and the first half of the
+    layers, rank 1 the rest. The batch is cut into micro-batches; rank 0 runs every forward and
+    sends the activations to rank 1, which computes the loss, runs its backwards and sends the
+    gradients of those activations back; rank 0 finishes the backwards. Each rank returns the
+    gradients of the parameters it holds; together they equal one process's gradients.
+
+    Shapes:
+        inputs, targets (B, T) int64, B divisible by n_microbatches  ->  {name: gradient}
+
+    Book: Chapter 4, Scaling (parallelism).
+    """
+    if world_size != 2:
+        raise ValueError(f"this demo has two stages: world_size must be 2, got {world_size}")
+    if config.tie_weights:
+        raise ValueError("use tie_weights=False: the embedding and the output sit on two ranks")
+    if inputs.shape[0] % n_microbatches:
+        raise ValueError(f"batch {inputs.shape[0]} must divide into {n_microbatches} micro-batches")
+    torch.manual_seed(seed)
+    model = DecoderOnly(config).to(dtype)
+    stage = _stage(model, rank, config.n_layers // 2)
+    b, T, C = inputs.shape[0] // n_microbatches, inputs.shape[1], config.d_model
+    kept = []  # what each forward needs for its backward
+    for m in range(n_microbatches):  # all forwards ...
+        rows = slice(m * b, (m + 1) * b)
+        if rank == 0:
+            out = stage(inputs[rows])  # (b, T, C)
+            dist.send(out.detach(), dst=1)
+            kept.append(out)
+        else:
+            received = torch.empty(b, T, C, dtype=dtype)
+            dist.recv(received, src=0)
+            received.requires_grad_(True)
+            logits = stage(received)  # (b, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets[rows].flatten())
+            kept.append((received, loss / n_microbatches))  # the mean over micro-batches
+    for m in range(n_microbatches):  # ... then all backwards
+        if rank == 1:
+            received, loss = kept[m]
+            loss.backward()
+            dist.send(received.grad, dst=0)
+        else:
+            grad = torch.empty(b, T, C, dtype=dtype)
+            dist.recv(grad, src=1)
+            kept[m].backward(grad)
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
