@@ -69,6 +69,14 @@ def smoothed_loss(logits, targets, smoothing, pad_id):
     return (per_token * keep).sum() / targets.numel()  # the typical mistake: pads in the mean
 """
 
+KV_WITHOUT_SCALING = """
+def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
+    keys = torch.cat([cache_k, k_new], dim=2)
+    values = torch.cat([cache_v, v_new], dim=2)
+    weights = torch.softmax(q @ keys.transpose(-2, -1), dim=-1)  # the typical mistake: no sqrt(D)
+    return weights @ values, keys, values
+"""
+
 
 @dataclass(frozen=True)
 class RoundTrip:
@@ -106,6 +114,13 @@ ROUND_TRIPS = {
         failing_test="test_smoothed_loss",
         diagnosis="Likely mistake: the padding positions are counted in the mean",
         written="post_vs_pre_norm",
+    ),
+    "04_scaling": RoundTrip(
+        mistake_notebook="02_efficient_inference",
+        mistake={"kv_attention_step": KV_WITHOUT_SCALING},
+        failing_test="test_kv_attention_step",
+        diagnosis="Likely mistake: the scores are not scaled",
+        written="compute_optimal",
     ),
 }
 
