@@ -1,17 +1,34 @@
-"""Counting a transformer's cost: parameters and floating-point operations, by formula.
+"""Counting a transformer's cost: parameters and floating-point operations, by formula, and
+the memory of training (weights, gradients, optimizer states, activations).
 
 The formulas are checked against the models' own parameter counts and against torch's FLOP
-counter (`torch.utils.flop_counter.FlopCounterMode`) in the tests. Notation: C = d_model,
-F = d_ff, V = vocab_size, L = n_layers, T = sequence length.
+counter (`torch.utils.flop_counter.FlopCounterMode`) in the tests; the memory formula against
+a real optimizer's state, and the activation memory is measured with autograd's saved-tensor
+hooks. Notation: C = d_model, F = d_ff, V = vocab_size, L = n_layers, T = sequence length.
 
-Book: Chapter 4, Scaling (counting parameters and FLOPs).
+Book: Chapter 4, Scaling: 4.1 Counting parameters and FLOPs; 4.2 The memory of training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
 from tutorlib.models import TransformerConfig
 
-__all__ = ["KINDS", "forward_flops", "layer_parameter_count", "parameter_count", "training_flops"]
+__all__ = [
+    "KINDS",
+    "OPTIMIZER_STATES",
+    "forward_flops",
+    "layer_parameter_count",
+    "optimizer_state_bytes",
+    "parameter_count",
+    "saved_activation_bytes",
+    "training_flops",
+    "training_state_bytes",
+]
 
 KINDS = ("encoder-decoder", "encoder", "decoder")  # Transformer, EncoderOnly, DecoderOnly
 
@@ -93,3 +110,117 @@ def training_flops(config: TransformerConfig, seq_len: int, n_tokens: int) -> in
         raise ValueError(f"n_tokens must be an int >= 0, got {n_tokens!r}")
     per_sequence = forward_flops(config, seq_len, "decoder")
     return 3 * per_sequence * n_tokens // seq_len
+
+
+# --- The memory of training --------------------------------------------------------------------
+
+# Values an optimizer keeps per parameter: SGD none, SGD with momentum one (the velocity),
+# Adam and AdamW two (the running means of the gradient and of its square).
+OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+
+
+def training_state_bytes(
+    n_params: int, optimizer: str = "adam", mixed_precision: bool = False
+) -> dict[str, int]:
+    """Bytes of the weights, gradients and optimizer states of a model with `n_params`
+    parameters, by formula; activations are not included (see `saved_activation_bytes`).
+
+    In float32 (`mixed_precision=False`) every value takes 4 bytes: weights 4N, gradients 4N,
+    and 4N per optimizer state (`OPTIMIZER_STATES`: Adam keeps 2), so 16N for Adam. With
+    mixed precision as counted by Rajbhandari et al. (2020, ZeRO), the weights and gradients
+    are 16-bit (2N each) and the optimizer keeps a float32 master copy of the weights besides
+    its states: (4 + 4 * states) N, so 2N + 2N + 12N = 16N for Adam as well.
+
+    Shapes:
+        n_params int, optimizer one of OPTIMIZER_STATES  ->  dict of ints with keys
+        "weights", "gradients", "optimizer", "total" (bytes)
+
+    Book: 4.2 The memory of training.
+    """
+    if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params < 0:
+        raise ValueError(f"n_params must be an int >= 0, got {n_params!r}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+    if not isinstance(mixed_precision, bool):
+        raise TypeError(f"mixed_precision must be a bool, got {type(mixed_precision).__name__}")
+    states = OPTIMIZER_STATES[optimizer]
+    if mixed_precision:
+        weights, gradients, optimizer_bytes = (
+            2 * n_params,
+            2 * n_params,
+            (4 + 4 * states) * n_params,
+        )
+    else:
+        weights, gradients, optimizer_bytes = 4 * n_params, 4 * n_params, 4 * states * n_params
+    return {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer": optimizer_bytes,
+        "total": weights + gradients + optimizer_bytes,
+    }
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held by the tensors in `optimizer.state`, measured (call it after a step: the
+    states are created lazily by the first one).
+
+    torch's Adam and AdamW keep `exp_avg` and `exp_avg_sq` (each the size of its parameter)
+    and a one-element float32 `step` counter per parameter tensor, so the measurement is
+    `training_state_bytes(...)["optimizer"]` plus 4 bytes per parameter tensor.
+
+    Shapes:
+        a torch.optim.Optimizer  ->  int (bytes)
+
+    Book: 4.2 The memory of training.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+    return total
+
+
+def saved_activation_bytes(
+    fn: Callable[..., Any], *args: Any, exclude: Iterable[torch.Tensor] | None = None
+) -> int:
+    """Bytes of the tensors that a forward pass `fn(*args)` saves for its backward pass: the
+    activation memory of training, measured exactly and on any device.
+
+    Every tensor autograd saves passes through a `torch.autograd.graph.saved_tensors_hooks`
+    pack hook; the bytes of the distinct storages behind them are summed (two views of one
+    tensor count once). Storages of the tensors in `exclude` are left out; when `fn` is an
+    `nn.Module` and `exclude` is None, its parameters and buffers are excluded (they are in
+    memory anyway and are counted by `training_state_bytes`). Inputs that the forward pass
+    saves are counted. Nothing is saved, and 0 returned, under `torch.no_grad()`, or when no
+    input or parameter requires a gradient.
+
+    Shapes:
+        fn(*args) any forward pass  ->  int (bytes)
+
+    Book: 4.2 The memory of training.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (a model or a function), got {type(fn).__name__}")
+    if exclude is None:
+        exclude = [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
+    excluded = set()
+    for tensor in exclude:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"exclude must hold tensors, got {type(tensor).__name__}")
+        excluded.add(tensor.untyped_storage().data_ptr())
+    storages: dict[int, int] = {}  # data pointer -> bytes
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(*args)
+    return sum(storages.values())
