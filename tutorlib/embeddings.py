@@ -1,6 +1,6 @@
-"""Token embeddings and positional encodings.
+"""Token embeddings and positional encodings; rotary position embeddings.
 
-Book: 1.2 Tokens, embeddings and positions.
+Book: 1.2 Tokens, embeddings and positions; 4.8 Long contexts (rotary embeddings).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ __all__ = [
     "LearnedPositionalEmbedding",
     "SinusoidalPositionalEncoding",
     "TokenEmbedding",
+    "apply_rotary",
+    "rotary_angles",
     "sinusoidal_encoding",
 ]
 
@@ -128,3 +130,88 @@ class LearnedPositionalEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_positions(x, self.context_length, self.d_model)
         return x + self.weight[: x.shape[1]]  # (B, T, C)
+
+
+# --- Rotary position embeddings -----------------------------------------------------------------
+
+
+def rotary_angles(
+    T: int,
+    D: int,
+    base: float = 10000.0,
+    offset: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """The cosines and sines of rotary position embeddings (RoPE, Su et al. 2021) for the
+    positions offset, offset + 1, ..., offset + T - 1.
+
+    Position t turns pair j of a head's D dimensions by the angle t * theta_j, with
+    theta_j = base^(-2j / D), j = 0 .. D/2 - 1: the frequencies of `sinusoidal_encoding`.
+    `offset` numbers the positions of a segment that continues an earlier one (a cache or a
+    Transformer-XL memory of `offset` tokens). The angles are computed in float64, then cast.
+
+    Shapes:
+        returns cos (T, D/2) and sin (T, D/2)
+
+    Book: 4.8 Long contexts.
+    """
+    for name, value in (("T", T), ("D", D)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if D % 2:
+        raise ValueError(f"D must be even (rotary embeddings turn pairs of dimensions), got {D}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if not base > 0:
+        raise ValueError(f"base must be positive, got {base!r}")
+    position = torch.arange(offset, offset + T, dtype=torch.float64, device=device)  # (T,)
+    two_j = torch.arange(0, D, 2, dtype=torch.float64, device=device)  # (D/2,)
+    angles = position.unsqueeze(1) * base ** (-two_j / D)  # (T, D/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair of dimensions (2j, 2j + 1) of every query or key vector by its
+    position's angle: the rotary position embedding of Su et al. (2021), section 3.4.
+
+    (x_2j, x_2j+1) at position t becomes
+    (x_2j cos(t theta_j) - x_2j+1 sin(t theta_j), x_2j sin(t theta_j) + x_2j+1 cos(t theta_j)),
+    which is the complex number x_2j + i x_2j+1 times e^{i t theta_j}. Apply it to the queries
+    and the keys (not the values) of every head: the score of a query at m and a key at n
+    then depends on the positions only through m - n. Rotations preserve length:
+    |apply_rotary(x)| = |x| at every position.
+
+    This is the paper's convention, adjacent pairs (2j, 2j + 1). Some libraries (GPT-NeoX,
+    Hugging Face's Llama) pair dimension j with j + D/2 instead ("rotate halves"): the same
+    rotations after a fixed permutation of the dimensions, so weights trained in one
+    convention need their query and key rows permuted to run in the other.
+
+    Shapes:
+        x (B, H, T, D), D even; cos and sin (T, D/2) from `rotary_angles(T, D)`
+        ->  (B, H, T, D)
+
+    Book: 4.8 Long contexts.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"x: expected (batch, heads, seq, head_dim) = 4 dims, got {tuple(x.shape)}"
+        )
+    T, D = x.shape[-2], x.shape[-1]
+    if D % 2:
+        raise ValueError(f"x's head_dim D must be even (pairs of dimensions), got {D}")
+    for name, table in (("cos", cos), ("sin", sin)):
+        if not isinstance(table, Tensor) or tuple(table.shape) != (T, D // 2):
+            shape = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
+            raise ValueError(
+                f"{name}: expected (T, D/2) = {(T, D // 2)} for x of shape {tuple(x.shape)}, "
+                f"got {shape}"
+            )
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D/2)
+    even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2)  # (B, H, T, D/2, 2) -> (B, H, T, D)
