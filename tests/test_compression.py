@@ -91,7 +91,9 @@ def test_int8_linear_is_close_to_the_float_layer(mode: str) -> None:
 
 def test_quantize_model_shrinks_linears_and_keeps_the_original() -> None:
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=20, d_model=32, n_heads=2, n_layers=2, d_ff=128)
+    config = TransformerConfig(
+        vocab_size=20, d_model=32, n_heads=2, n_layers=2, d_ff=128, tie_weights=False
+    )
     model = DecoderOnly(config).eval()
     small = quantize_model(model, "weight")
     assert sum(isinstance(m, Int8Linear) for m in small.modules()) == 2 * 2 + 1  # FFNs + head
@@ -100,6 +102,19 @@ def test_quantize_model_shrinks_linears_and_keeps_the_original() -> None:
     tokens = torch.randint(0, 20, (2, 9))
     with torch.no_grad():
         assert (small(tokens) - model(tokens)).abs().max() < 0.1
+
+
+def test_tied_output_is_neither_quantized_nor_pruned() -> None:
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=20, d_model=32, n_heads=2, n_layers=1, d_ff=64)
+    model = DecoderOnly(config)  # tie_weights=True: output.weight is the token embedding
+    small = quantize_model(model, "weight")
+    assert type(small.output) is nn.Linear
+    assert small.output.weight is small.decoder.embed.tokens.weight
+    embedding = model.decoder.embed.tokens.weight.detach().clone()
+    masks = magnitude_prune(model, 0.5)
+    assert "output.weight" not in masks and "decoder.embed.tokens.weight" not in masks
+    assert torch.equal(model.decoder.embed.tokens.weight, embedding)
 
 
 def test_model_bytes_counts_tied_weights_once() -> None:

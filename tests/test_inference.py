@@ -60,6 +60,10 @@ def test_cache_bytes_formula_matches_the_cache() -> None:
         decode_step(m, torch.zeros(2, 11, dtype=torch.long), cache)
     measured = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
     assert kv_cache_bytes(m.config, batch=2, seq_len=11) == measured
+    # Grouped-query attention: 2 key-value heads shared by the 4 query heads halve the cache.
+    assert kv_cache_bytes(m.config, batch=2, seq_len=11, n_kv_heads=2) == measured // 2
+    with pytest.raises(ValueError, match="divide"):
+        kv_cache_bytes(m.config, batch=2, seq_len=11, n_kv_heads=3)
 
 
 def test_errors_are_clear() -> None:

@@ -123,7 +123,10 @@ class Int8Linear(nn.Module):
             weight = dequantize_int8(self.weight_int8, self.weight_scale)  # (out, in)
             return F.linear(x, weight.to(x.dtype), self.bias)
         x_q, x_scale = quantize_int8(x.reshape(-1, self.in_features), axis=0)  # per row
-        acc = x_q.to(torch.int32) @ self.weight_int8.to(torch.int32).T  # (rows, out) int32
+        if x.device.type == "cpu":
+            acc = x_q.to(torch.int32) @ self.weight_int8.to(torch.int32).T  # (rows, out) int32
+        else:  # CUDA has no int32 matmul; float64 holds these integer sums exactly
+            acc = x_q.double() @ self.weight_int8.double().T  # (rows, out)
         out = acc.float() * x_scale * self.weight_scale.T  # (rows, out)
         if self.bias is not None:
             out = out + self.bias
@@ -138,19 +141,23 @@ def quantize_model(model: nn.Module, mode: str = "weight") -> nn.Module:
 
     The projections inside `nn.MultiheadAttention` stay float32: its forward reads their
     weights directly, and torch's own dynamic quantization leaves them alone for the same
-    reason. Embeddings and norms stay float32 too. The original model is not changed.
+    reason. Embeddings and norms stay float32 too, and so does a linear layer whose weight is
+    tied to an embedding (the output projection of a model with `tie_weights=True`): a
+    quantized copy would untie it and store the matrix twice. The original model is not
+    changed.
 
     Book: Chapter 4, Scaling (quantization).
     """
     if mode not in ("weight", "dynamic"):
         raise ValueError(f"mode must be 'weight' or 'dynamic', got {mode!r}")
     model = copy.deepcopy(model)
+    shared = _shared_weights(model)
 
     def swap(module: nn.Module) -> None:
         if isinstance(module, nn.MultiheadAttention):
             return
         for name, child in module.named_children():
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and id(child.weight) not in shared:
                 setattr(module, name, Int8Linear.from_float(child, mode))
             else:
                 swap(child)
@@ -171,13 +178,25 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
+def _shared_weights(model: nn.Module) -> set[int]:
+    """ids of parameters held by more than one module (tied weights)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {key for key, count in owners.items() if count > 1}
+
+
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """The weight matrices pruning acts on: `nn.Linear.weight` and the attention input
     projection `nn.MultiheadAttention.in_proj_weight`. Embeddings, norms and biases are left
-    alone (they are few, and zeroing them costs more accuracy per parameter)."""
+    alone (they are few, and zeroing them costs more accuracy per parameter), and so is a
+    linear weight tied to an embedding (`tie_weights=True`): pruning it would prune the
+    embedding."""
+    shared = _shared_weights(model)
     found = []
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module.weight) not in shared:
             found.append((module, "weight"))
         elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
             found.append((module, "in_proj_weight"))

@@ -43,23 +43,35 @@ class KVCache:
 
 
 def kv_cache_bytes(
-    config: TransformerConfig, batch: int, seq_len: int, bytes_per_value: int = 4
+    config: TransformerConfig,
+    batch: int,
+    seq_len: int,
+    bytes_per_value: int = 4,
+    n_kv_heads: int | None = None,
 ) -> int:
-    """Memory of a full cache: keys and values, L layers, B sequences, T positions, C values.
+    """Memory of a full cache: keys and values, L layers, B sequences, T positions.
 
-    2 * L * B * T * C * bytes_per_value; it grows with the batch and the context, not with the
-    feed-forward width, and at long contexts it can exceed the weights.
+    2 * L * B * T * (n_kv_heads * D) * bytes_per_value with head width D = C / H; with every
+    head keeping its own keys and values (the default, n_kv_heads = H) that is 2 L B T C bytes
+    per value. Multi-query (n_kv_heads = 1) and grouped-query attention share keys and values
+    between heads. The cache grows with the batch and the context, not with the feed-forward
+    width, and at long contexts it can exceed the weights.
 
     Book: Chapter 4, Scaling (the KV cache).
     """
+    n_kv_heads = config.n_heads if n_kv_heads is None else n_kv_heads
     for name, value in (
         ("batch", batch),
         ("seq_len", seq_len),
         ("bytes_per_value", bytes_per_value),
+        ("n_kv_heads", n_kv_heads),
     ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return 2 * config.n_layers * batch * seq_len * config.d_model * bytes_per_value
+    if config.n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={config.n_heads} must divide by n_kv_heads={n_kv_heads}")
+    head_width = config.d_model // config.n_heads
+    return 2 * config.n_layers * batch * seq_len * n_kv_heads * head_width * bytes_per_value
 
 
 def cached_self_attention(
