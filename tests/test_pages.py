@@ -24,6 +24,14 @@ TARGETS = {
         r"held-out exact match \(greedy\): ([0-9.]+)",
         0.99,
     ),
+    "book/04_scaling/05_kv_cache.md": (r"speed-up at 256 tokens: ([0-9.]+)x", 3.0),
+}
+# Results that must stay small: a regular expression and the largest value its group may take.
+CEILINGS = {
+    "book/04_scaling/07_parallelism.md": (
+        r"first-step gradients, DDP vs one process: max \|difference\| = ([0-9.e+-]+)",
+        1e-6,
+    ),
 }
 
 NOTEBOOKS = [*book_pages(), *solution_notebooks()]
@@ -50,8 +58,13 @@ def test_notebook_runs_within_budget(path) -> None:
         found = re.search(pattern, m.stdout)
         assert found, f"{m.path} no longer prints its result ({pattern!r})"
         assert float(found.group(1)) >= least, f"{m.path}: {found.group(0)}, target {least}"
+    if m.path in CEILINGS:
+        pattern, most = CEILINGS[m.path]
+        found = re.search(pattern, m.stdout)
+        assert found, f"{m.path} no longer prints its result ({pattern!r})"
+        assert float(found.group(1)) <= most, f"{m.path}: {found.group(0)}, at most {most}"
 
 
 def test_every_target_page_exists() -> None:
-    for page in TARGETS:
+    for page in [*TARGETS, *CEILINGS]:
         assert (ROOT / page).exists(), page
