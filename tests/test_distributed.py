@@ -36,16 +36,13 @@ def children(pid: int) -> list[int]:
     return [c for c in found if c != tracker]
 
 
+def tiny_config(**changes) -> TransformerConfig:
+    sizes = dict(vocab_size=20, context_length=16, d_model=32, n_heads=2, n_layers=2, d_ff=64)
+    return TransformerConfig(**sizes, norm_first=True, **changes)
+
+
 def test_ddp_gradients_and_run_equal_one_process() -> None:
-    config = TransformerConfig(
-        vocab_size=20,
-        context_length=16,
-        d_model=32,
-        n_heads=2,
-        n_layers=2,
-        d_ff=64,
-        norm_first=True,
-    )
+    config = tiny_config()
     g = torch.Generator().manual_seed(0)
     inputs = torch.randint(0, 20, (4, 8, 16), generator=g)
     targets = torch.randint(0, 20, (4, 8, 16), generator=g)
@@ -137,16 +134,7 @@ def test_launch_from_a_notebook_kernel_cleans_up_after_a_failing_cell() -> None:
 
 
 def test_two_stage_pipeline_gradients_equal_one_process() -> None:
-    config = TransformerConfig(
-        vocab_size=20,
-        context_length=16,
-        d_model=32,
-        n_heads=2,
-        n_layers=2,
-        d_ff=64,
-        norm_first=True,
-        tie_weights=False,
-    )
+    config = tiny_config(tie_weights=False)
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, 20, (8, 16), generator=g)
     targets = torch.randint(0, 20, (8, 16), generator=g)
