@@ -75,8 +75,13 @@ def test_a_failing_worker_raises_and_leaves_no_process_or_port() -> None:
     with pytest.raises(RuntimeError, match="in_features=5 must divide"):
         launch(tensor_parallel_worker, 2, (x, w, b), port=29533)
     assert children(os.getpid()) == [] and multiprocessing.active_children() == []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 29533))  # the port is free again
+    with socket.socket() as s:  # nothing listens on the port any more
+        assert s.connect_ex(("127.0.0.1", 29533)) != 0
+    # ... so a new run can use it at once (its closed connections may still be in TIME_WAIT).
+    w, b = torch.randn(4, 6, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    x = torch.randn(2, 6, dtype=torch.float64)
+    for result in launch(tensor_parallel_worker, 2, (x, w, b), port=29533):
+        torch.testing.assert_close(result["row"], F.linear(x, w, b))
 
 
 def test_a_taken_port_and_a_notebook_function_are_clear_errors() -> None:

@@ -56,7 +56,11 @@ def free_port() -> int:
 
 
 def _check_port_free(port: int) -> None:
+    """Raise unless `port` can be listened on. SO_REUSEADDR, as the process group's own store
+    sets it: a port whose last connections are still closing (TIME_WAIT, a minute after a
+    previous run) is free; one that a program listens on is not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError as error:
