@@ -48,6 +48,12 @@ def test_tiny_clip_shapes_loss_and_zero_shot() -> None:
         embed_dim=8,
     )
     tokens, mask = encode_texts(tokenizer, ["seven", "one", "three"])
+    with pytest.raises(ValueError, match="non-empty"):
+        encode_texts(tokenizer, [])
+    with pytest.raises(ValueError, match="empty string"):
+        encode_texts(tokenizer, ["one", ""])
+    with pytest.raises(ValueError, match="expected \\(batch, 1, 8, 8\\)"):
+        model.embed_images(torch.rand(2, 1, 6, 6))
     assert tokens.shape == (3, 5) and mask.sum(1).tolist() == [5, 3, 5]
     assert tokenizer.decode(tokens[1].tolist()) == "one"
     images = torch.rand(3, 1, 8, 8)

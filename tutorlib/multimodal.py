@@ -57,7 +57,11 @@ def encode_texts(
 
     Book: Chapter 5, Vision (multimodal).
     """
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts: expected a non-empty list of strings")
     ids = [tokenizer.encode(text) for text in texts]
+    if any(len(i) == 0 for i in ids):
+        raise ValueError("texts: an empty string has no characters to embed")
     T = max(len(i) for i in ids)
     tokens = torch.zeros(len(ids), T, dtype=torch.long)
     for row, i in enumerate(ids):
@@ -81,6 +85,7 @@ class TinyCLIP(nn.Module):
     def __init__(self, image: ViTConfig, text: TransformerConfig, embed_dim: int = 32) -> None:
         super().__init__()
         self.image_encoder = ViT(image)
+        self.image_encoder.head = nn.Identity()  # the class head is not used: features() is
         self.text_encoder = EncoderOnly(text)
         self.image_proj = nn.Linear(image.d_model, embed_dim, bias=False)
         self.text_proj = nn.Linear(text.d_model, embed_dim, bias=False)

@@ -216,6 +216,12 @@ class ViT(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """The pooled, normalised representation of each image: (B, d_model)."""
+        size = self.config.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (self.config.channels, size, size):
+            raise ValueError(
+                f"images: expected (batch, {self.config.channels}, {size}, {size}), got "
+                f"{tuple(images.shape)}"
+            )
         x = self.tokens(images)
         for layer in self.layers:
             x = layer(x)
@@ -223,12 +229,6 @@ class ViT(nn.Module):
         return x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (B, C)
 
     def forward(self, images: Tensor) -> Tensor:
-        size = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (self.config.channels, size, size):
-            raise ValueError(
-                f"images: expected (batch, {self.config.channels}, {size}, {size}), got "
-                f"{tuple(images.shape)}"
-            )
         return self.head(self.features(images))  # (B, n_classes)
 
 
