@@ -176,6 +176,12 @@ class ViT(nn.Module):
     `EncoderLayer`s; a final layer norm; a linear head on the class token (or on the mean of
     the patch tokens).
 
+    Two documented departures from the paper: the class token gets no position vector of its
+    own (the paper adds E_pos[0] to it, but a learned token plus a learned vector is one learned
+    vector written twice, so the two are equivalent); and the "2d" positions add a row vector
+    and a column vector of full width, where the paper concatenates two of half width (a
+    special case of the sum).
+
     Shapes:
         images (B, C, H, W)  ->  logits (B, n_classes)
 
