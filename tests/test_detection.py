@@ -10,6 +10,7 @@ import torch
 
 from tutorlib.detection import (
     DETR,
+    ConvBackbone,
     DETRConfig,
     box_cxcywh_to_xyxy,
     box_iou,
@@ -100,3 +101,30 @@ def test_detr_shapes_and_canvases() -> None:
     set_prediction_loss(logits, boxes, targets)["total"].backward()
     with pytest.raises(ValueError, match="not divisible"):
         DETRConfig(image_size=30, patch_size=4)
+
+
+def test_cnn_backbone_and_precomputed_features():
+    torch.manual_seed(0)
+    backbone = ConvBackbone((4, 8, 8))
+    assert backbone(torch.rand(2, 1, 12, 16)).shape == (2, 8, 3, 4)  # a quarter of each side
+    with pytest.raises(ValueError, match="divisible by 4"):
+        backbone(torch.rand(2, 1, 10, 12))
+    config = DETRConfig(backbone="cnn", backbone_channels=(4, 8, 8), n_queries=3)
+    model = DETR(config).eval()
+    canvases = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():  # features computed beforehand give the same detections
+        logits, boxes = model(canvases)
+        from_features = model(features=model.backbone(canvases))
+    assert logits.shape == (2, 3, 11) and boxes.shape == (2, 3, 4)
+    torch.testing.assert_close(from_features[0], logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(from_features[1], boxes, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        model(canvases, features=model.backbone(canvases))
+    with pytest.raises(ValueError, match=r"expected \(batch, 8, 8, 8\)"):
+        model(features=torch.rand(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="backbone='cnn'"):
+        DETR(DETRConfig())(features=torch.rand(2, 8, 8, 8))
+    with pytest.raises(ValueError, match="patch_size must be 4"):
+        DETRConfig(image_size=32, patch_size=8, backbone="cnn")
+    with pytest.raises(ValueError, match="'patch' or 'cnn'"):
+        DETRConfig(backbone="resnet")

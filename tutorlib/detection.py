@@ -27,6 +27,7 @@ from tutorlib.layers import DecoderLayer, EncoderLayer, LayerNorm
 from tutorlib.vision import PatchEmbedding
 
 __all__ = [
+    "ConvBackbone",
     "DETR",
     "DETRConfig",
     "box_area",
@@ -207,7 +208,9 @@ class DETRConfig:
     """The sizes of a small DETR for grey canvases."""
 
     image_size: int = 32  # side of the square canvas, in pixels
-    patch_size: int = 4  # the backbone: a patch embedding (a strided convolution)
+    patch_size: int = 4  # side of the image area that one encoder token stands for
+    backbone: str = "patch"  # "patch": a patch embedding; "cnn": a small CNN (ConvBackbone)
+    backbone_channels: tuple[int, ...] = (16, 32, 32)  # the CNN's channels, layer by layer
     n_classes: int = 10  # K real classes; the model has K + 1 outputs ("no object" last)
     n_queries: int = 6  # Q: the largest number of objects it can find in one image
     d_model: int = 64
@@ -224,10 +227,50 @@ class DETRConfig:
             )
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must divide by n_heads={self.n_heads}")
+        if self.backbone not in ("patch", "cnn"):
+            raise ValueError(f"backbone must be 'patch' or 'cnn', got {self.backbone!r}")
+        if self.backbone == "cnn" and self.patch_size != 4:
+            raise ValueError(
+                f"the CNN backbone halves the image twice, so patch_size must be 4, "
+                f"got {self.patch_size}"
+            )
+
+
+class ConvBackbone(nn.Module):
+    """A small CNN that turns a grey image into a grid of feature vectors at a quarter of its
+    side: per layer a 3 x 3 convolution and a GELU, with a 2 x 2 max-pool after the second and
+    the last layer. DETR's backbone is a ResNet pretrained on ImageNet; this is its tiny stand-in.
+
+    Shapes:
+        images (B, 1, H, W)  ->  features (B, channels[-1], H / 4, W / 4)
+
+    Book: Chapter 5, Vision (DETR).
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 32)) -> None:
+        super().__init__()
+        if len(channels) < 2:
+            raise ValueError(f"channels: expected at least 2 layers, got {channels}")
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip((1, *channels[:-1]), channels, strict=True)):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU()]
+            if i in (1, len(channels) - 1):
+                layers.append(nn.MaxPool2d(2))
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = channels[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] % 4 or images.shape[3] % 4:
+            raise ValueError(
+                f"images: expected (batch, 1, H, W) with H and W divisible by 4, "
+                f"got {tuple(images.shape)}"
+            )
+        return self.layers(images)
 
 
 class DETR(nn.Module):
-    """A small DETR: patch embedding and 2-D learned positions, a pre-norm transformer encoder,
+    """A small DETR: a backbone (a patch embedding, or a small CNN and a linear projection, as
+    `config.backbone` says) and 2-D learned positions, a pre-norm transformer encoder,
     and a decoder whose inputs are Q learned object queries (no causal mask: the queries look at
     each other and at the image at once); a class head (K + 1) and a box head (cxcywh in [0, 1]).
 
@@ -241,7 +284,11 @@ class DETR(nn.Module):
         super().__init__()
         self.config = c = config
         grid = c.image_size // c.patch_size
-        self.patch_embed = PatchEmbedding(1, c.patch_size, c.d_model)
+        if c.backbone == "cnn":
+            self.backbone = ConvBackbone(c.backbone_channels)
+            self.input_proj = nn.Linear(c.backbone_channels[-1], c.d_model)
+        else:
+            self.patch_embed = PatchEmbedding(1, c.patch_size, c.d_model)
         self.row_embed = nn.Parameter(0.02 * torch.randn(grid, 1, c.d_model))
         self.col_embed = nn.Parameter(0.02 * torch.randn(1, grid, c.d_model))
         self.encoder = nn.ModuleList(
@@ -260,16 +307,43 @@ class DETR(nn.Module):
             nn.Linear(c.d_model, c.d_model), nn.ReLU(), nn.Linear(c.d_model, 4)
         )
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        S = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, S, S):
+    def forward(
+        self, images: Tensor | None = None, *, features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Detect in `images`; or, with the CNN backbone, start from `features`, the backbone's
+        output computed beforehand (when the backbone is frozen, this saves running it on the
+        same images at every step).
+
+        Shapes:
+            images (B, 1, S, S), or features (B, backbone_channels[-1], S / 4, S / 4)
+            ->  logits (B, Q, K + 1), boxes (B, Q, 4)
+        """
+        c, S = self.config, self.config.image_size
+        if (images is None) == (features is None):
+            raise ValueError("pass either images or features, not both and not neither")
+        if features is not None:
+            expected = (c.backbone_channels[-1], S // 4, S // 4)
+            if c.backbone != "cnn":
+                raise ValueError("features can only be given to a DETR with backbone='cnn'")
+            if features.dim() != 4 or tuple(features.shape[1:]) != expected:
+                raise ValueError(
+                    f"features: expected (batch, {', '.join(map(str, expected))}), "
+                    f"got {tuple(features.shape)}"
+                )
+        elif images.dim() != 4 or tuple(images.shape[1:]) != (1, S, S):
             raise ValueError(f"images: expected (batch, 1, {S}, {S}), got {tuple(images.shape)}")
+        if c.backbone == "cnn":
+            if features is None:
+                features = self.backbone(images)  # (B, C_backbone, S / 4, S / 4)
+            tokens = self.input_proj(features.flatten(2).transpose(1, 2))  # (B, N, C)
+        else:
+            tokens = self.patch_embed(images)  # (B, N, C)
         positions = (self.row_embed + self.col_embed).reshape(-1, self.config.d_model)  # (N, C)
-        memory = self.patch_embed(images) + positions  # (B, N, C)
+        memory = tokens + positions  # (B, N, C)
         for layer in self.encoder:
             memory = layer(memory)
         memory = self.encoder_norm(memory)
-        x = self.queries.expand(images.shape[0], -1, -1)  # (B, Q, C)
+        x = self.queries.expand(tokens.shape[0], -1, -1)  # (B, Q, C)
         for layer in self.decoder:
             x = layer(x, memory)
         x = self.decoder_norm(x)  # (B, Q, C)
