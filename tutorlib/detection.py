@@ -167,7 +167,8 @@ def set_prediction_loss(
 
     Shapes:
         logits (B, Q, K + 1); boxes (B, Q, 4) cxcywh in [0, 1];
-        targets: B pairs (labels (M_b,) int64, boxes (M_b, 4) cxcywh)
+        targets: B pairs (labels (M_b,) int64, boxes (M_b, 4) cxcywh), moved to the logits'
+        device if they are elsewhere
         ->  {"class", "l1", "giou", "total"}: scalars
 
     Book: Chapter 5, Vision (DETR).
@@ -181,6 +182,7 @@ def set_prediction_loss(
     class_targets = torch.full((B, Q), K1 - 1, dtype=torch.long, device=logits.device)
     matched_pred, matched_tgt = [], []
     for b, (labels, target_boxes) in enumerate(targets):
+        labels, target_boxes = labels.to(logits.device), target_boxes.to(logits.device)
         with torch.no_grad():
             cost = match_cost(
                 logits[b], boxes[b], labels, target_boxes, 1.0, l1_weight, giou_weight
