@@ -26,8 +26,15 @@ from myst_nb.core.read import read_myst_markdown_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS_BUDGET = 90
-# The one page allowed more: it trains the date translator to its target (issue 4).
-LONG_PAGES = {"book/03_training/02_date_translator.md": 180}
+# Pages allowed more. The date page trains the translator to its target (issue 4). The ViT page
+# trains the ViT to its target within 90 s (issue 6), then a CNN and an MLP with the same recipe
+# and a sweep over the training-set size, which the issue asks for on the same page. The DETR
+# page pretrains its backbone and trains the detector until it reads the digits (about 85 s).
+LONG_PAGES = {
+    "book/03_training/02_date_translator.md": 180,
+    "book/05_vision/02_vit_digits.md": 240,
+    "book/05_vision/04_detr.md": 120,
+}
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"
 

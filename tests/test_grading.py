@@ -77,6 +77,15 @@ def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
     return weights @ values, keys, values
 """
 
+INFO_NCE_TEMPERATURE_INVERTED = """
+def info_nce(image_emb, text_emb, temperature):
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    logits = image_emb @ text_emb.T * temperature  # the typical mistake: multiply by tau
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+"""
+
 
 @dataclass(frozen=True)
 class RoundTrip:
@@ -121,6 +130,13 @@ ROUND_TRIPS = {
         failing_test="test_kv_attention_step",
         diagnosis="Likely mistake: the scores are not scaled",
         written="compute_optimal",
+    ),
+    "05_vision": RoundTrip(
+        mistake_notebook="02_detection_and_contrast",
+        mistake={"info_nce": INFO_NCE_TEMPERATURE_INVERTED},
+        failing_test="test_info_nce",
+        diagnosis="Likely mistake: the temperature is inverted",
+        written="inductive_bias",
     ),
 }
 

@@ -25,6 +25,8 @@ TARGETS = {
         0.99,
     ),
     "book/04_scaling/05_kv_cache.md": (r"speed-up at 256 tokens: ([0-9.]+)x", 3.0),
+    "book/05_vision/02_vit_digits.md": (r"ViT test accuracy: ([0-9.]+)", 0.97),
+    "book/05_vision/05_multimodal.md": (r"zero-shot test accuracy: ([0-9.]+)", 0.90),
 }
 # Results that must stay small: a regular expression and the largest value its group may take.
 CEILINGS = {

@@ -3,8 +3,8 @@
 One module per concept, in the order the book introduces them: `embeddings`, `attention`,
 `layers`, `models`, `training`, `decoding`, `tokenizers`, `corpus` (the offline English text),
 `data` (generated tasks), `plotting`; then Chapter 4's `scaling` (counting compute and memory),
-`inference` (the KV cache), `compression` and `distributed`. `checks` holds what the
-exercises' tests call.
+`inference` (the KV cache), `compression` and `distributed`; Chapter 5's `vision`, `detection`
+and `multimodal`. `checks` holds what the exercises' tests call.
 """
 
 from tutorlib.runtime import get_device, seed_everything
