@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+CACHE := _build/.jupyter_cache
 # nbgrader shells out to `alembic`, and the kernels must be the venv's Python.
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
@@ -25,18 +26,29 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -c "import matplotlib.pyplot"
 	@touch $@
 
-## Execute every page and build the site into _build/html, from a clean state.
-book: $(STAMP)
+## Build the site into _build/html with warnings as errors. Pages are executed through Jupyter
+## Book's cache (_build/.jupyter_cache): a page runs again when its code changed, and every page
+## runs again when tutorlib or the lock changed.
+book: $(STAMP) $(CACHE)/.sources
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
-## The whole suite: lint, unit tests, notebooks, the grading round trip, the clean book build.
+$(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
+	rm -rf $(CACHE)
+	mkdir -p $(CACHE)
+	touch $@
+
+## The whole suite: lint, unit tests, notebooks, the grading round trip, then the clean book build,
+## which renders the notebooks the budget tests executed (tests/test_book.py says how).
 ## Two pytest workers share the 2 cores, so each process (and each kernel it starts) gets one
 ## thread: with two threads each, torch's thread pools fight over the cores and slow down
 ## by orders of magnitude.
 test: $(STAMP) lint
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env
+	rm -rf _build/executed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup \
+	  --nbval --nbval-current-env --deselect tests/test_book.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_book.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

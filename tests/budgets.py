@@ -6,10 +6,15 @@
 A page is a MyST-NB markdown notebook (read with myst-nb's own reader) or an .ipynb. Time is the
 wall-clock time of executing every cell; memory is the kernel's peak resident set size
 (including any processes the kernel started), read inside the kernel after the last cell.
+
+Each executed notebook is also kept in `_build/executed/`, stamped with a fingerprint of tutorlib's
+sources, so that the book test can build the site from these outputs instead of executing every
+page a second time (see `seed_cache` and tests/test_book.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +30,7 @@ import yaml
 from myst_nb.core.read import read_myst_markdown_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
+EXECUTED = ROOT / "_build" / "executed"
 SECONDS_BUDGET = 90
 # Pages allowed more. The date page trains the translator to its target (issue 4). The ViT page
 # trains the ViT to its target within 90 s (issue 6), then a CNN and an MLP with the same recipe
@@ -104,6 +110,7 @@ def measure(path: Path, timeout: int | None = None) -> Measurement:
         nb,
         timeout=timeout,
         kernel_name="python3",
+        record_timing=False,  # timestamps in the cells' metadata would change their cache hash
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
@@ -118,7 +125,54 @@ def measure(path: Path, timeout: int | None = None) -> Measurement:
         for o in cell.get("outputs", [])
         if o.get("name") == "stdout"
     )
+    nb.cells.pop()  # the probe is not part of the page
+    keep_executed(path, nb, seconds)
     return Measurement(str(path.relative_to(ROOT)), seconds, probe["peak_kib"] / 1024, printed)
+
+
+def tutorlib_fingerprint() -> str:
+    """A hash of tutorlib's sources: outputs executed against other sources are not reused."""
+    digest = hashlib.sha256()
+    for source in sorted((ROOT / "tutorlib").rglob("*.py")):
+        digest.update(source.relative_to(ROOT).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def keep_executed(path: Path, nb: nbformat.NotebookNode, seconds: float) -> None:
+    """Keep a successfully executed notebook in EXECUTED for `seed_cache`."""
+    target = EXECUTED / path.relative_to(ROOT).with_suffix(".ipynb")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nb.metadata["executed"] = {"seconds": seconds, "tutorlib": tutorlib_fingerprint()}
+    nbformat.write(nb, target)
+
+
+def seed_cache(cache_path: Path) -> list[str]:
+    """Put the notebooks kept in EXECUTED into a Jupyter Book execution cache at `cache_path`.
+
+    jupyter-cache matches a page to a cached notebook by a hash of its code cells (source and
+    metadata) and kernelspec, so a page whose code changed since it was executed is executed
+    again by the build; a notebook executed against other tutorlib sources is skipped here.
+    Returns the pages seeded.
+    """
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(cache_path))
+    fingerprint = tutorlib_fingerprint()
+    seeded = []
+    for page in book_pages():
+        kept = EXECUTED / page.relative_to(ROOT).with_suffix(".ipynb")
+        if not kept.exists():
+            continue
+        nb = nbformat.read(kept, as_version=4)
+        stamp = nb.metadata.pop("executed", {})
+        if stamp.get("tutorlib") != fingerprint:
+            continue
+        bundle = CacheBundleIn(nb, str(page), data={"execution_seconds": stamp["seconds"]})
+        cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)
+        seeded.append(page.relative_to(ROOT).as_posix())
+    return seeded
 
 
 def table(measurements: list[Measurement]) -> str:

@@ -2,6 +2,12 @@
 
 An incremental rebuild skips unchanged pages and hides a page that fails to execute, and
 without -W a failed execution still exits 0, so this builds into a fresh folder with -W.
+
+Executing every page takes most of the build's time, and the budget tests (test_pages.py) have
+just executed them, each in a fresh kernel. `make test` runs this test after them, and the build
+starts from an execution cache seeded with those notebooks (`tests.budgets.seed_cache`): the ones
+whose code and tutorlib sources are unchanged are rendered from it; any other page (and every
+page when this test runs on its own) is executed by the build itself.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.budgets import ROOT, book_pages
+from tests.budgets import ROOT, book_pages, seed_cache
 
 
 def test_book_builds_clean_with_warnings_as_errors(tmp_path: Path) -> None:
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    seeded = seed_cache(tmp_path / "_build" / ".jupyter_cache")
+    print(f"{len(seeded)} of {len(book_pages())} pages rendered from the budget tests' execution")
     result = subprocess.run(
         [
             str(jupyter_book),
