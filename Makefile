@@ -46,7 +46,7 @@ $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
 ## by orders of magnitude.
 test: $(STAMP) lint
 	rm -rf _build/executed
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
 	  --nbval --nbval-current-env --deselect tests/test_book.py
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_book.py
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.budgets import (
     MEMORY_BUDGET_MB,
     ROOT,
@@ -49,8 +47,7 @@ def test_every_chapter_page_is_in_the_build() -> None:
     assert on_disk <= pages, f"pages missing from _toc.yml: {sorted(on_disk - pages)}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS])
-def test_notebook_runs_within_budget(path) -> None:
+def check_notebook(path) -> None:
     m = measure(path)
     budget = seconds_budget(path)
     assert m.seconds <= budget, f"{m.path} took {m.seconds:.0f} s (budget {budget} s)"
@@ -65,6 +62,21 @@ def test_notebook_runs_within_budget(path) -> None:
         found = re.search(pattern, m.stdout)
         assert found, f"{m.path} no longer prints its result ({pattern!r})"
         assert float(found.group(1)) <= most, f"{m.path}: {found.group(0)}, at most {most}"
+
+
+# One test class per notebook: `make test` runs pytest-xdist with --dist loadscope, which keeps a
+# module's tests on one worker (nbval's cells share a kernel; module fixtures are built once) but
+# a class's tests together, so the long page tests are shared out between the workers.
+def _notebook_test(path) -> object:
+    def test_runs_within_budget(self) -> None:
+        check_notebook(path)
+
+    return test_runs_within_budget
+
+
+for _path in NOTEBOOKS:
+    _name = "Test_" + re.sub(r"\W", "_", _path.relative_to(ROOT).as_posix())
+    globals()[_name] = type(_name, (), {"test_runs_within_budget": _notebook_test(_path)})
 
 
 def test_every_target_page_exists() -> None:
