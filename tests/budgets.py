@@ -44,6 +44,8 @@ LONG_PAGES = {
     # pages to run trains it and keeps it in the tutorlib cache, the other one waits and loads it.
     "book/06_generative/01_gpt.md": 180,
     "book/06_generative/02_sampling.md": 180,
+    # Trains a judge CNN, the pixel GPT and a MaskGIT model for comparison (about 80 s).
+    "book/06_generative/04_pixels.md": 120,
     # Runs all-MiniLM-L6-v2 over 1,834 docstrings on the CPU, then trains three classifiers.
     "book/06_generative/05_pretrained.md": 120,
 }
