@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -66,6 +68,25 @@ def test_docstrings_come_from_where_objects_are_defined(docstrings) -> None:
 
 def test_building_twice_gives_the_same_docstrings(docstrings) -> None:
     assert corpus._build() == docstrings  # deterministic, and the cache holds the same
+
+
+def test_the_corpus_does_not_depend_on_the_calling_process(docstrings, monkeypatch) -> None:
+    # A Jupyter kernel replaces builtins.input with its own function: collected in the kernel,
+    # the corpus lost builtins.input's docstring and every model trained on it changed.
+    def input(prompt: str = "") -> str:
+        """A kernel's replacement for the built-in input(), defined outside builtins."""
+        return ""
+
+    monkeypatch.setattr(builtins, "input", input)
+    assert "builtins.input" not in {d.qualname for d in corpus._collect()}  # in-process
+    assert corpus._build() == docstrings  # a fresh interpreter
+    assert "builtins.input" in {d.qualname for d in docstrings}
+
+
+def test_a_failing_collection_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(corpus.sys, "executable", shutil.which("false"))  # runs, exits 1
+    with pytest.raises(RuntimeError, match="collecting the standard-library docstrings"):
+        corpus._build()
 
 
 def test_stdlib_docstrings_returns_a_fresh_list(docstrings) -> None:

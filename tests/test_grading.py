@@ -86,6 +86,12 @@ def info_nce(image_emb, text_emb, temperature):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 """
 
+CAUSAL_LM_LOSS_UNSHIFTED = """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]  # the typical mistake: every position scored against its own token
+    return F.cross_entropy(logits.reshape(-1, V), tokens.reshape(-1))
+"""
+
 
 @dataclass(frozen=True)
 class RoundTrip:
@@ -137,6 +143,13 @@ ROUND_TRIPS = {
         failing_test="test_info_nce",
         diagnosis="Likely mistake: the temperature is inverted",
         written="inductive_bias",
+    ),
+    "06_generative": RoundTrip(
+        mistake_notebook="01_language_modelling",
+        mistake={"causal_lm_loss": CAUSAL_LM_LOSS_UNSHIFTED},
+        failing_test="test_causal_lm_loss",
+        diagnosis="Likely mistake: the targets are not shifted",
+        written="sampling_and_repetition",
     ),
 }
 

@@ -11,6 +11,7 @@ from tutorlib.layers import (
     EncoderLayer,
     FeedForward,
     LayerNorm,
+    gelu_tanh,
     layer_norm,
     torch_state_dict,
 )
@@ -145,3 +146,14 @@ def test_encoder_layer_errors_say_what_was_expected() -> None:
         layer(torch.randn(2, 4, 8), padding_mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="batch sizes differ"):
         DecoderLayer(8, 2, 16)(torch.randn(2, 4, 8), torch.randn(3, 4, 8))
+
+
+def test_gelu_tanh_is_the_tanh_approximation() -> None:
+    x = torch.linspace(-6, 6, 101, dtype=torch.float64)
+    formula = 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    torch.testing.assert_close(gelu_tanh(x), formula)
+    torch.testing.assert_close(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+    assert (gelu_tanh(x) - F.gelu(x)).abs().max() > 1e-5  # an approximation, not the exact GELU
+    ff = FeedForward(8, 32, activation="gelu_tanh")
+    h = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ff(h), ff.linear2(F.gelu(ff.linear1(h), approximate="tanh")))

@@ -12,6 +12,7 @@ from tutorlib.vision import (
     ViT,
     ViTConfig,
     attention_rollout,
+    digit_cnn,
     digits_data,
     patchify,
     unpatchify,
@@ -119,3 +120,18 @@ def test_digits_data_is_real_split_and_seeded() -> None:
     again = digits_data(test_fraction=0.25, seed=0)
     assert torch.equal(again[3], test_y)
     assert F.one_hot(test_y, 10).sum(0).min() > 20  # every class is in the test set
+
+
+def test_digit_cnn_is_page_5_2s_cnn() -> None:
+    cnn = digit_cnn()
+    assert sum(p.numel() for p in cnn.parameters()) == 56_394  # as page 5.2 prints
+    convs = [m for m in cnn if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 32, (3, 3)),
+        (32, 64, (3, 3)),
+        (64, 64, (3, 3)),
+    ]
+    narrow = digit_cnn((16, 32, 32))
+    assert narrow(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+    with pytest.raises(ValueError, match="three positive ints"):
+        digit_cnn((16, 32))

@@ -4,7 +4,9 @@ One module per concept, in the order the book introduces them: `embeddings`, `at
 `layers`, `models`, `training`, `decoding`, `tokenizers`, `corpus` (the offline English text),
 `data` (generated tasks), `plotting`; then Chapter 4's `scaling` (counting compute and memory),
 `inference` (the KV cache), `compression` and `distributed`; Chapter 5's `vision`, `detection`
-and `multimodal`. `checks` holds what the exercises' tests call.
+and `multimodal`; Chapter 6's `generation` (language modelling and sampling), `pixels` (images
+as tokens) and `pretrained` (real weights in tutorlib's layers). `checks` holds what the
+exercises' tests call.
 """
 
 from tutorlib.runtime import get_device, seed_everything

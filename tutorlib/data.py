@@ -1,26 +1,29 @@
 """Synthetic tasks generated on the fly: no downloads, seeded, any size.
 
 Book: 1.1 Why transformers; 1.3 The transformer block; 2.5 Associative recall;
-3.2 Training the date translator (dates in human formats -> ISO 8601).
+3.2 Training the date translator (dates in human formats -> ISO 8601); 6.3 One model, many
+tasks: text-to-text (a mixture of tasks named by a prefix).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "DATE_FORMATS",
+    "TEXT_TO_TEXT_TASKS",
     "associative_recall_batch",
     "date_translation_data",
     "format_date",
     "recall_batch",
     "seq2seq_batches",
     "sorting_batch",
+    "text_to_text_data",
 ]
 
 
@@ -276,3 +279,143 @@ def seq2seq_batches(
         return (s.to(device), t[:, :-1].to(device), r.to(device)), t[:, 1:].to(device)
 
     return make_batch
+
+
+# ---- Text-to-text: several tasks, one model, the task named in the input ---------------------
+
+TEXT_TO_TEXT_TASKS: tuple[str, ...] = ("reverse", "sort", "double", "date")
+_SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _text_task_example(
+    task: str, rng: random.Random, max_chars: int, max_number: int
+) -> tuple[str, str]:
+    """One (input, answer) pair of a task other than "date", without the prefix."""
+    if task == "double":
+        n = rng.randint(0, max_number)
+        return str(n), str(2 * n)
+    word = "".join(rng.choices(_SYMBOLS, k=rng.randint(3, max_chars)))
+    return word, word[::-1] if task == "reverse" else "".join(sorted(word))
+
+
+def _held_out_examples(
+    task: str, n_train: int, n_test: int, rng: random.Random, **sizes: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """n_test distinct test pairs, then n_train training pairs whose inputs are not among them."""
+    test: dict[str, str] = {}
+    while len(test) < n_test:
+        source, target = _text_task_example(task, rng, **sizes)
+        test[source] = target
+    train = []
+    while len(train) < n_train:
+        source, target = _text_task_example(task, rng, **sizes)
+        if source not in test:
+            train.append((source, target))
+    return train, list(test.items())
+
+
+def _check_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def text_to_text_data(
+    n_train: int | Mapping[str, int],
+    n_test: int,
+    tasks: Sequence[str] = TEXT_TO_TEXT_TASKS,
+    seed: int = 0,
+    *,
+    max_chars: int = 8,
+    max_number: int = 9999,
+    date_styles: Sequence[str] | None = None,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A mixture of small string tasks in T5's text-to-text form: every source starts with the
+    task's name and ": ", and that prefix is all that tells the model which task to do.
+
+    The tasks, each a different kind of work:
+        reverse: 3 to `max_chars` random digits and lower-case letters, written backwards
+                 ("reverse: k4dp" -> "pd4k");
+        sort:    the same kind of string, its characters in order, digits first
+                 ("sort: k4dp" -> "4dkp");
+        double:  a whole number from 0 to `max_number`, times two ("double: 4719" -> "9438");
+        date:    a date written in one of `date_styles` (default: all the `DATE_FORMATS` of
+                 3.2), in ISO 8601 ("date: Mar 5, '21" -> "2021-03-05").
+    `n_train` is the number of training pairs of each task, or a dict giving each task its
+    own number (sampling uniformly from the result then mixes the tasks in proportion to
+    those numbers). No test input occurs in the training set; the test inputs of reverse,
+    sort and double are distinct, and the test dates are the days `date_translation_data`
+    holds out, never seen in training in any style.
+
+    Returns:
+        train, test: lists of (source, target) strings, the tasks mixed in random order.
+
+    Shapes:
+        train: n_train * len(tasks) pairs (sum(n_train.values()) for a dict);
+        test: n_test * len(tasks) pairs
+
+    Book: 6.3 One model, many tasks: text-to-text.
+    """
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence):
+        raise TypeError(f"tasks must be a sequence of task names, got {type(tasks).__name__}")
+    if not tasks or len(set(tasks)) != len(tasks) or set(tasks) - set(TEXT_TO_TEXT_TASKS):
+        raise ValueError(
+            f"tasks must be distinct names from {TEXT_TO_TEXT_TASKS}, got {list(tasks)}"
+        )
+    if isinstance(n_train, Mapping):
+        if set(n_train) != set(tasks):
+            raise ValueError(
+                f"n_train as a dict needs one count per task {list(tasks)}, got {list(n_train)}"
+            )
+        counts = dict(n_train)
+    else:
+        counts = {task: n_train for task in tasks}
+    for task, count in counts.items():
+        _check_count(f"n_train[{task!r}]" if isinstance(n_train, Mapping) else "n_train", count)
+    for name, value in (("n_test", n_test), ("seed", seed)):
+        _check_count(name, value)
+    if n_test > 100_000:
+        raise ValueError(f"n_test must be <= 100000 per task, got {n_test}")
+    for name, value, least in (("max_chars", max_chars, 3), ("max_number", max_number, 9)):
+        _check_count(name, value)
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    n_inputs = {  # how many distinct inputs each task has: at most half may be held out
+        "reverse": sum(len(_SYMBOLS) ** k for k in range(3, max_chars + 1)),
+        "sort": sum(len(_SYMBOLS) ** k for k in range(3, max_chars + 1)),
+        "double": max_number + 1,
+    }
+    for task in set(tasks) & set(n_inputs):
+        if 2 * n_test > n_inputs[task]:
+            raise ValueError(
+                f"n_test={n_test} is more than half of the {n_inputs[task]} distinct {task} "
+                "inputs; raise max_chars or max_number, or lower n_test"
+            )
+    styles = list(DATE_FORMATS) if date_styles is None else list(date_styles)
+    if isinstance(date_styles, str) or not styles or set(styles) - set(DATE_FORMATS):
+        raise ValueError(
+            f"date_styles must be a non-empty list of DATE_FORMATS names, got {date_styles!r}"
+        )
+    rng = random.Random(seed)
+    train: list[tuple[str, str]] = []
+    test: list[tuple[str, str]] = []
+    for task in tasks:
+        if task == "date":  # the held-out days of 3.2, each written in a random style
+            days = date_translation_data(counts[task], n_test, rng.randrange(2**31))
+            task_train, task_test = (
+                [
+                    (format_date(dt.date.fromisoformat(iso), rng.choice(styles)), iso)
+                    for _, iso in part
+                ]
+                for part in days
+            )
+        else:
+            task_train, task_test = _held_out_examples(
+                task, counts[task], n_test, rng, max_chars=max_chars, max_number=max_number
+            )
+        train += [(f"{task}: {source}", target) for source, target in task_train]
+        test += [(f"{task}: {source}", target) for source, target in task_test]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test

@@ -21,11 +21,28 @@ __all__ = [
     "EncoderLayer",
     "FeedForward",
     "LayerNorm",
+    "gelu_tanh",
     "layer_norm",
     "torch_state_dict",
 ]
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation of Hendrycks and Gimpel (2016), which GPT-2 uses
+    (Hugging Face calls it "gelu_new"); the same as `F.gelu(x, approximate="tanh")`:
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+
+    Shapes:
+        x (...)  ->  (...)
+
+    Book: 6.6 The Hugging Face Transformers library (GPT-2's activation).
+    """
+    return F.gelu(x, approximate="tanh")
+
+
+# The feed-forward activations, by the name configs use: "gelu" is the exact GELU (BERT),
+# "gelu_tanh" its tanh approximation (GPT-2).
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 
 def layer_norm(
