@@ -41,7 +41,7 @@ from torch import Tensor
 
 from tutorlib.corpus import cache_file, corpus_text
 from tutorlib.decoding import StepFn
-from tutorlib.inference import KVCache, decode_step
+from tutorlib.inference import KVCache, check_generation_inputs, decode_step
 from tutorlib.models import DecoderOnly, TransformerConfig
 from tutorlib.tokenizers import CharTokenizer
 from tutorlib.training import cosine_schedule, fit, sequence_cross_entropy
@@ -253,14 +253,7 @@ def sample(
 
     Book: 6.2 Sampling.
     """
-    if not isinstance(model, DecoderOnly):
-        raise TypeError(f"model must be a tutorlib DecoderOnly, got {type(model).__name__}")
-    if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.dtype != torch.long:
-        raise ValueError("prompt: expected int64 token ids of shape (batch, t0), t0 >= 1")
-    if prompt.shape[1] < 1:
-        raise ValueError("prompt: needs at least one token")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    check_generation_inputs(model, prompt, max_new_tokens)
     T_max = model.config.context_length
     if prompt.shape[1] > T_max:
         raise ValueError(f"prompt of {prompt.shape[1]} tokens exceeds context_length {T_max}")

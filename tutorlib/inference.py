@@ -20,7 +20,14 @@ from tutorlib.embeddings import SinusoidalPositionalEncoding
 from tutorlib.layers import EncoderLayer
 from tutorlib.models import DecoderOnly, TransformerConfig
 
-__all__ = ["KVCache", "cached_self_attention", "decode_step", "generate", "kv_cache_bytes"]
+__all__ = [
+    "KVCache",
+    "cached_self_attention",
+    "check_generation_inputs",
+    "decode_step",
+    "generate",
+    "kv_cache_bytes",
+]
 
 
 @dataclass
@@ -165,6 +172,22 @@ def decode_step(model: DecoderOnly, tokens: Tensor, cache: KVCache) -> Tensor:
     return model.output(model.decoder.final_norm(x))  # (B, t, V)
 
 
+def check_generation_inputs(model: DecoderOnly, prompt: Tensor, max_new_tokens: int) -> None:
+    """Raise a clear error unless `model` is a DecoderOnly, `prompt` holds int64 token ids of
+    shape (B, t0) with t0 >= 1, and `max_new_tokens` is an int >= 1.
+
+    Book: Chapter 4, Scaling (the KV cache); 6.2 Sampling.
+    """
+    if not isinstance(model, DecoderOnly):
+        raise TypeError(f"model must be a tutorlib DecoderOnly, got {type(model).__name__}")
+    if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.dtype != torch.long:
+        raise ValueError("prompt: expected int64 token ids of shape (batch, t0), t0 >= 1")
+    if prompt.shape[1] < 1:
+        raise ValueError("prompt: needs at least one token")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+
+
 @torch.no_grad()
 def generate(
     model: DecoderOnly, prompt: Tensor, max_new_tokens: int, use_cache: bool = True
@@ -180,14 +203,7 @@ def generate(
 
     Book: Chapter 4, Scaling (the KV cache).
     """
-    if not isinstance(model, DecoderOnly):
-        raise TypeError(f"model must be a tutorlib DecoderOnly, got {type(model).__name__}")
-    if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.dtype != torch.long:
-        raise ValueError("prompt: expected int64 token ids of shape (batch, t0), t0 >= 1")
-    if prompt.shape[1] < 1:
-        raise ValueError("prompt: needs at least one token")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    check_generation_inputs(model, prompt, max_new_tokens)
     if prompt.shape[1] + max_new_tokens > model.config.context_length:
         raise ValueError(
             f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} exceeds the "
