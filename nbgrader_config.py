@@ -23,3 +23,12 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # A deleted test cell comes back at grading time.
 c.OverwriteCells.add_missing_cells = True
+
+# Feedback shows a hidden test's verdict (the learner's diagnostic), not its code or the values
+# the reference computed (nbgrader issues #917 and #1363): see tutorlib.checks.feedback.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from tutorlib.checks.feedback import HideHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import filecmp
+import html
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from tests.grading import ASSIGNMENTS, EXERCISES, SOLUTIONS, generate, nbgrader, new_course
+from tutorlib.checks.feedback import HIDDEN_PLACEHOLDER
 
 TIMEOUT = 10  # seconds per cell for the round trip (the course's config says 30)
 
@@ -254,6 +256,23 @@ def test_typical_mistake_gets_partial_marks_and_a_diagnosis(course: dict) -> Non
     assert all(scores[gid] == points[gid] for gid in others), scores
     feedback = course["path"] / "feedback" / "mistake" / course["assignment"]
     assert plan.diagnosis in (feedback / f"{plan.mistake_notebook}.html").read_text()
+
+
+def test_feedback_hides_the_hidden_tests(course: dict) -> None:
+    # nbgrader's feedback shows the hidden tests as they ran (nbgrader #917, #1363); the
+    # course's GenerateFeedback preprocessor (tutorlib.checks.feedback) takes them out.
+    for student in ("solution", "mistake"):
+        folder = course["path"] / "feedback" / student / course["assignment"]
+        pages = sorted(folder.glob("*.html"))
+        assert pages, f"no feedback for {student}"
+        for page in pages:
+            text = html.unescape(page.read_text())
+            for secret in ("BEGIN HIDDEN TESTS", "hidden=True"):
+                assert secret not in text, f"{page.name} ({student}) shows {secret!r}"
+            assert HIDDEN_PLACEHOLDER in text
+    autograded = course["path"] / "autograded" / "mistake" / course["assignment"]
+    ran = "".join(p.read_text() for p in autograded.glob("*.ipynb"))
+    assert "hidden=True" in ran  # the hidden tests did run; only the feedback hides them
 
 
 def test_cell_that_loops_forever_scores_zero_and_grading_finishes(course: dict) -> None:
