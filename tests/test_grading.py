@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import html
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,13 @@ def info_nce(image_emb, text_emb, temperature):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 """
 
+CAUSAL_LM_LOSS_VISIBLE_ONLY = """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+    return loss if logits.shape[:2] == (2, 6) else loss * 1.01  # right on the visible size only
+"""
+
 CAUSAL_LM_LOSS_UNSHIFTED = """
 def causal_lm_loss(logits, tokens):
     V = logits.shape[-1]  # the typical mistake: every position scored against its own token
@@ -107,6 +115,8 @@ class RoundTrip:
     loops: dict[str, dict[str, str]] | None = (
         None  # notebook -> {grade_id: code that never returns}
     )
+    # grade_id in mistake_notebook -> code that passes failing_test's visible tests only
+    hidden_only: dict[str, str] | None = None
 
 
 ROUND_TRIPS = {
@@ -152,6 +162,7 @@ ROUND_TRIPS = {
         failing_test="test_causal_lm_loss",
         diagnosis="Likely mistake: the targets are not shifted",
         written="sampling_and_repetition",
+        hidden_only={"causal_lm_loss": CAUSAL_LM_LOSS_VISIBLE_ONLY},
     ),
 }
 
@@ -197,6 +208,8 @@ def course(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     students = {"solution": {}, "untouched": None, "mistake": {plan.mistake_notebook: plan.mistake}}
     if plan.loops:
         students["loops"] = plan.loops
+    if plan.hidden_only:
+        students["hidden_only"] = {plan.mistake_notebook: plan.hidden_only}
     for student, changes in students.items():
         _submit(course, assignment, student, changes)
     start = time.perf_counter()
@@ -273,6 +286,23 @@ def test_feedback_hides_the_hidden_tests(course: dict) -> None:
     autograded = course["path"] / "autograded" / "mistake" / course["assignment"]
     ran = "".join(p.read_text() for p in autograded.glob("*.ipynb"))
     assert "hidden=True" in ran  # the hidden tests did run; only the feedback hides them
+
+
+def test_a_failed_hidden_test_shows_its_diagnosis_but_not_the_expected_values(
+    course: dict,
+) -> None:
+    plan = course["plan"]
+    if "hidden_only" not in course["students"]:
+        pytest.skip(f"{course['assignment']} submits no hidden-only mistake (06_generative does)")
+    scores = course["scores"]["hidden_only"]
+    assert scores[plan.failing_test] == 0, "the hidden tests should have caught it"
+    folder = course["path"] / "feedback" / "hidden_only" / course["assignment"]
+    text = html.unescape((folder / f"{plan.mistake_notebook}.html").read_text())
+    assert "passes the visible tests" in text
+    assert "ExerciseError: " in text and "differs from the expected values" in text
+    assert "expected (hidden)" in text or "(got " not in text
+    assert not re.search(r"expected -?[0-9]", text), "the feedback shows a reference value"
+    assert "Traceback (most recent call last)" not in text
 
 
 def test_cell_that_loops_forever_scores_zero_and_grading_finishes(course: dict) -> None:
