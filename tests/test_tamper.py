@@ -92,3 +92,49 @@ def test_a_file_that_is_not_a_notebook_is_one_finding(tmp_path: Path, content: b
     path.write_bytes(content)
     (finding,) = scan_notebook(path)["notebook"]
     assert "not a readable notebook" in finding.what
+
+
+# --- verify_intact: the checks notice a patched machinery --------------------------------------
+
+
+def _patches():
+    import builtins
+
+    import torch
+
+    from tutorlib.checks import generative
+
+    return {
+        "torch.allclose": (torch, "allclose", lambda *a, **k: True),
+        "torch.testing.assert_close": (torch.testing, "assert_close", lambda *a, **k: None),
+        # a wrapper that behaves like the original (pytest itself needs a working isinstance)
+        "builtins.isinstance": (builtins, "isinstance", lambda *a, _f=isinstance: _f(*a)),
+        "torch._C.TensorBase.__eq__": (torch.Tensor, "__eq__", lambda a, b: True),
+        "tutorlib.checks.generative.expect_close": (
+            generative,
+            "expect_close",
+            lambda *a, **k: None,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_patches()))
+def test_a_passing_check_fails_when_the_machinery_was_patched(monkeypatch, name: str) -> None:
+    import torch
+
+    from tutorlib.checks import ExerciseError, generative, tampered
+
+    def causal_lm_loss(logits, tokens):  # right
+        V = logits.shape[-1]
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)
+        )
+
+    generative.check_causal_lm_loss(causal_lm_loss)  # intact: passes
+    owner, attribute, replacement = _patches()[name]
+    monkeypatch.setattr(owner, attribute, replacement)
+    assert tampered(), f"patching {name} went unnoticed"
+    with pytest.raises(ExerciseError, match="testing machinery was changed"):
+        generative.check_causal_lm_loss(causal_lm_loss)
+    monkeypatch.undo()
+    assert tampered() == []
