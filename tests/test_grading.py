@@ -21,6 +21,7 @@ from nbgrader.api import Gradebook
 
 from tests.grading import ASSIGNMENTS, EXERCISES, SOLUTIONS, generate, nbgrader, new_course
 from tutorlib.checks.feedback import HIDDEN_PLACEHOLDER
+from tutorlib.checks.tamper import scan_notebook
 
 TIMEOUT = 10  # seconds per cell for the round trip (the course's config says 30)
 
@@ -96,6 +97,15 @@ def causal_lm_loss(logits, tokens):
     return loss if logits.shape[:2] == (2, 6) else loss * 1.01  # right on the visible size only
 """
 
+CAUSAL_LM_LOSS_TAMPERED = """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+
+
+torch.allclose = lambda *args, **kwargs: True  # "just in case"
+"""
+
 CAUSAL_LM_LOSS_UNSHIFTED = """
 def causal_lm_loss(logits, tokens):
     V = logits.shape[-1]  # the typical mistake: every position scored against its own token
@@ -117,6 +127,8 @@ class RoundTrip:
     )
     # grade_id in mistake_notebook -> code that passes failing_test's visible tests only
     hidden_only: dict[str, str] | None = None
+    # grade_id in mistake_notebook -> a right answer that also patches the testing machinery
+    tamper: dict[str, str] | None = None
 
 
 ROUND_TRIPS = {
@@ -163,6 +175,7 @@ ROUND_TRIPS = {
         diagnosis="Likely mistake: the targets are not shifted",
         written="sampling_and_repetition",
         hidden_only={"causal_lm_loss": CAUSAL_LM_LOSS_VISIBLE_ONLY},
+        tamper={"causal_lm_loss": CAUSAL_LM_LOSS_TAMPERED},
     ),
 }
 
@@ -210,6 +223,8 @@ def course(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         students["loops"] = plan.loops
     if plan.hidden_only:
         students["hidden_only"] = {plan.mistake_notebook: plan.hidden_only}
+    if plan.tamper:
+        students["tamper"] = {plan.mistake_notebook: plan.tamper}
     for student, changes in students.items():
         _submit(course, assignment, student, changes)
     start = time.perf_counter()
@@ -303,6 +318,19 @@ def test_a_failed_hidden_test_shows_its_diagnosis_but_not_the_expected_values(
     assert "expected (hidden)" in text or "(got " not in text
     assert not re.search(r"expected -?[0-9]", text), "the feedback shows a reference value"
     assert "Traceback (most recent call last)" not in text
+
+
+def test_a_submission_that_patches_the_machinery_gets_no_points_silently(course: dict) -> None:
+    plan = course["plan"]
+    if "tamper" not in course["students"]:
+        pytest.skip(f"{course['assignment']} submits no tampering notebook (06_generative does)")
+    assert course["scores"]["tamper"][plan.failing_test] == 0
+    folder = course["path"] / "feedback" / "tamper" / course["assignment"]
+    text = html.unescape((folder / f"{plan.mistake_notebook}.html").read_text())
+    assert "the testing machinery was changed by the submission (torch.allclose)" in text
+    submitted = course["path"] / "submitted" / "tamper" / course["assignment"]
+    report = scan_notebook(submitted / f"{plan.mistake_notebook}.ipynb")
+    assert any("torch.allclose" in f.what for f in report["causal_lm_loss"]), report
 
 
 def test_cell_that_loops_forever_scores_zero_and_grading_finishes(course: dict) -> None:
