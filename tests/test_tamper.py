@@ -77,11 +77,15 @@ def test_a_notebook_report_names_the_answer_cell(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     answer = nbformat.v4.new_code_cell("x = 1\ntorch.allclose = lambda *a, **k: True")
     answer.metadata["nbgrader"] = {"solution": True, "grade_id": "attention"}
-    course_cell = nbformat.v4.new_code_cell("checks.check_attention = None")  # not the learner's
-    nb.cells = [course_cell, answer]
+    course_cell = nbformat.v4.new_code_cell("from tutorlib import checks")  # restored by nbgrader
+    course_cell.metadata["nbgrader"] = {"locked": True, "grade_id": "setup"}
+    test_cell = nbformat.v4.new_code_cell("checks = None")
+    test_cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "test"}
+    added = nbformat.v4.new_code_cell("import builtins\nbuiltins.print = None")  # no metadata
+    nb.cells = [course_cell, answer, test_cell, added]
     nbformat.write(nb, tmp_path / "submission.ipynb")
     report = scan_notebook(tmp_path / "submission.ipynb")
-    assert list(report) == ["attention"]
+    assert list(report) == ["attention", "cell 3"]  # a cell the learner added is read too
     assert report["attention"][0].line == 2
     assert "torch.allclose" in report["attention"][0].what
 

@@ -191,8 +191,11 @@ def scan_source(source: str) -> list[Finding]:
 
 
 def scan_notebook(path: str | Path) -> dict[str, list[Finding]]:
-    """Findings per answer cell (nbgrader's `grade_id`) of a submitted notebook; cells without
-    findings are left out. A file that is not a notebook is one finding under "notebook"."""
+    """Findings per learner cell (nbgrader's `grade_id`, or "cell N" for a cell the learner
+    added) of a submitted notebook; cells without findings are left out. The course's locked
+    and test cells are skipped: scan the autograded copy, where nbgrader has restored their
+    source and metadata, to be sure a learner did not unlock one. A file that is not a notebook
+    is one finding under "notebook"."""
     try:
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
         cells = nb["cells"]
@@ -203,8 +206,8 @@ def scan_notebook(path: str | Path) -> dict[str, list[Finding]]:
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        if not meta.get("solution"):
-            continue  # only the learner's cells: the course's own cells are restored anyway
+        if meta.get("locked") or (meta.get("grade") and not meta.get("solution")):
+            continue  # the course's own cells: nbgrader restores them before grading
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else str(source)
         findings = scan_source(source)
