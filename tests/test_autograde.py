@@ -16,7 +16,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.grading import SOLUTIONS, generate, new_course
 from tests.test_grading import LAYER_NORM_MISTAKE, _submit
 from tutorlib.checks import sandbox
 from tutorlib.checks.autograde import (
+    ResilientExecute,
     class_report,
     grade_class,
     network_isolation,
@@ -196,7 +196,7 @@ EXPECTED = {
     # student: (autograded score, what the report says in "problems", in "review")
     "honest": (FULL, "", ""),
     "syntax_error": (FULL - LOST, "", "cannot be parsed"),
-    "stubborn_loop": (FULL - LOST, "did not stop when interrupted", ""),
+    "stubborn_loop": (FULL - LOST, "ignored the interrupt", ""),
     "memory_bomb": (FULL - LOST, "", ""),
     "fork_bomb": (FULL - LOST, "", ""),
     "sys_exit": (FULL - LOST, "", ""),
@@ -266,7 +266,7 @@ def test_the_report_names_the_most_common_mistake_per_question(graded: dict) -> 
 def test_the_kernelspec_launches_the_sandbox(tmp_path: Path) -> None:
     folder = sandbox.install_kernelspec(tmp_path)
     spec = json.loads((folder / "kernel.json").read_text())
-    assert spec["argv"][1:] == ["-m", "tutorlib.checks.sandbox", "-f", "{connection_file}"]
+    assert spec["argv"][1:] == [sandbox.__file__, "-f", "{connection_file}"]
     assert spec["interrupt_mode"] == "message"  # a signal would stop at bwrap
 
 
@@ -301,6 +301,20 @@ def test_without_bubblewrap_the_launcher_says_so_and_keeps_the_limits(
     assert calls["argv"][-2:] == ["-f", "/tmp/kernel-x.json"]
     assert calls["limits"].address_space_gb == 1.5
     assert calls["limits"].rlimits()[resource.RLIMIT_AS] == int(1.5 * 2**30)
+
+
+def test_a_notebook_that_keeps_killing_its_kernel_gets_no_free_points() -> None:
+    # nbgrader gives full marks to a test cell without an error output: after the last
+    # restart, every cell left unrun must carry one.
+    cells = [nbformat.v4.new_code_cell(code) for code in ("x = 1", *["import os; os._exit(1)"] * 3)]
+    test = nbformat.v4.new_code_cell("assert x == 1")
+    test.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "t", "points": 1}
+    nb = nbformat.v4.new_notebook(cells=[*cells, test])
+    executor = ResilientExecute(timeout=20, max_restarts=1, kernel_name="python3")
+    executor.log.setLevel("CRITICAL")  # the dying kernels are the point here
+    executor.preprocess(nb, {"metadata": {"path": "."}})
+    enames = [[o.get("ename") for o in cell.outputs] for cell in nb.cells]
+    assert enames == [[], ["KernelDied"], ["KernelDied"], ["NotRun"], ["NotRun"]], enames
 
 
 def test_an_unreadable_notebook_is_set_aside_not_deleted(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ import nbformat
 from nbclient.client import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbgrader.preprocessors import Execute
+from traitlets import Integer
 
 from tutorlib.checks.sandbox import KERNEL_NAME, install_kernelspec, sandbox_available
 from tutorlib.checks.tamper import scan_notebook
@@ -63,11 +64,11 @@ class ResilientExecute(Execute):
     ignores the interrupt after a timeout, and the student scores nothing. Here that cell gets
     an error output saying what happened, a new kernel runs again the cells that completed
     before it (their outputs are kept from the first run), and grading goes on after it, so
-    every other cell is graded as usual. After `max_restarts` the remaining cells are left
-    unrun (they score zero).
+    every other cell is graded as usual. After `max_restarts` restarts the remaining cells are
+    not run, and each gets an error output so that it scores zero.
     """
 
-    max_restarts = 3
+    max_restarts = Integer(3, help="new kernels per notebook before giving up").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         NotebookClient.__init__(self, nb, km)
@@ -90,23 +91,28 @@ class ResilientExecute(Execute):
                             completed.append(index)
                     start = len(self.nb.cells)
                 except (DeadKernelError, CellTimeoutError) as error:
-                    self._record_stop(self.nb.cells[index], error)
+                    if isinstance(error, DeadKernelError):
+                        ename, what = "KernelDied", "the kernel died while running this cell"
+                    else:
+                        ename, what = "CellTimeoutError", "this cell ignored the interrupt"
+                    _stop(self.nb.cells[index], ename, f"{what}; grading went on in a new kernel")
                     start, restarts = index + 1, restarts + 1
+        # nbgrader gives a test cell without an error full marks: cells never run get one.
+        for cell in self.nb.cells[start:]:
+            if cell.cell_type == "code":
+                _stop(cell, "NotRun", f"not run: the kernel was restarted {restarts} times")
         self.set_widgets_metadata()
         return self.nb, self.resources
 
-    def _record_stop(self, cell, error: Exception) -> None:
-        if isinstance(error, DeadKernelError):
-            what = "KernelDied", "the kernel died while running this cell (a crash or an exit)"
-        else:
-            what = "CellTimeoutError", "this cell did not stop when interrupted after the timeout"
-        message = f"{what[1]}; grading went on in a new kernel"
-        cell.outputs = [o for o in cell.get("outputs", []) if o.get("ename") not in _STOPPED]
-        cell.outputs.append(
-            nbformat.v4.new_output(
-                "error", ename=what[0], evalue=message, traceback=[f"{what[0]}: {message}"]
-            )
+
+def _stop(cell: nbformat.NotebookNode, ename: str, message: str) -> None:
+    """Replace a cell's interrupted or partial error outputs by one error saying why."""
+    cell.outputs = [o for o in cell.get("outputs", []) if o.get("ename") not in _STOPPED]
+    cell.outputs.append(
+        nbformat.v4.new_output(
+            "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]
         )
+    )
 
 
 @dataclasses.dataclass
@@ -216,7 +222,7 @@ def grade_class(
     course: Path = Path("."),
     students: list[str] | None = None,
     workers: int = 2,
-    batch: int = 4,
+    batch: int = 8,
     timeout: int = 30,
     submission_timeout: float = 600.0,
     sandbox: bool = True,
@@ -287,11 +293,14 @@ def _cell_messages(notebook: Path) -> dict[str, str]:
         cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     except (OSError, ValueError, KeyError):
         return {}
-    messages = {}
+    messages, not_run = {}, False
     for cell in cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         stops = [o for o in errors if o.get("ename") in ("KernelDied", "CellTimeoutError")]
+        if not not_run:  # the first cell left unrun stands for the rest
+            stops += [o for o in errors if o.get("ename") == "NotRun"]
+            not_run = bool(stops and stops[-1].get("ename") == "NotRun")
         if stops:  # ResilientExecute's note on a cell that killed or hung its kernel
             messages[f"stopped {meta.get('grade_id', '?')}"] = _last_line(stops[0])
         if meta.get("grade") and errors:
@@ -423,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--course", type=Path, default=Path("."))
     parser.add_argument("--students", nargs="*", help="default: every submission")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--batch", type=int, default=4, help="students per nbgrader run")
+    parser.add_argument("--batch", type=int, default=8, help="students per nbgrader run")
     parser.add_argument("--timeout", type=int, default=30, help="seconds per cell")
     parser.add_argument("--submission-timeout", type=float, default=600.0)
     parser.add_argument("--no-sandbox", action="store_true", help="the notebook's own kernel")

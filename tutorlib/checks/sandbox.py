@@ -1,8 +1,8 @@
 """A kernel that grades untrusted notebooks inside limits: the `tutorlib-sandbox` kernelspec.
 
 nbgrader runs each submission in a Jupyter kernel. This module is that kernel's launcher: the
-kernelspec's argv is `python -m tutorlib.checks.sandbox -f {connection_file}`, and the launcher
-execs the real kernel (`python -m ipykernel_launcher`) under
+kernelspec's argv is `python <this file> -f {connection_file}`, and the launcher execs the
+real kernel (`python -m ipykernel_launcher`) under
 
 * resource limits (`setrlimit`): address space, processes, open files, CPU seconds, file size;
 * with bubblewrap (`bwrap`, Debian's package `bubblewrap`) where it is installed: a read-only
@@ -113,9 +113,10 @@ def hidden_paths(cwd: Path) -> list[Path]:
     return hidden + sorted(course.glob("*.db*"))
 
 
-def _tutorlib_root() -> Path:
-    """The folder that holds the `tutorlib` package (the repository for an editable install)."""
-    return Path(__file__).resolve().parent.parent.parent
+def _tutorlib_package() -> Path:
+    """The `tutorlib` package's folder (in the repository for an editable install: only the
+    package is shown to the kernel, not the repository's solutions beside it)."""
+    return Path(__file__).resolve().parent.parent
 
 
 def _cache_dir() -> Path:
@@ -142,7 +143,7 @@ def bubblewrap_argv(
         argv += ["--perms", "0755", "--tmpfs", str(home)]
         covered.append(home)
     # What the kernel needs from beneath those: Python, the environment, tutorlib, its cache.
-    needed = [Path(sys.base_prefix), Path(sys.prefix), _tutorlib_root(), _cache_dir(), cwd]
+    needed = [Path(sys.base_prefix), Path(sys.prefix), _tutorlib_package(), _cache_dir(), cwd]
     for path in sorted({p for p in needed if p.exists() and any(map(p.is_relative_to, covered))}):
         argv += ["--ro-bind", str(path), str(path)]
     argv += ["--perms", "0444", "--ro-bind-data", str(connection_fd), "/tmp/kernel.json"]
@@ -184,7 +185,7 @@ def launch(connection_file: str) -> None:
     if sandbox_available():
         fd = os.open(connection_file, os.O_RDONLY)
         os.set_inheritable(fd, True)
-        own_user = _real_root()
+        own_user = _real_root() and shutil.which("setpriv") is not None
         argv = bubblewrap_argv(kernel + ["-f", "/tmp/kernel.json"], fd, Path.cwd(), own_user)
         _apply(limits, processes=own_user)
         os.execvp(argv[0], argv)
@@ -203,7 +204,9 @@ def install_kernelspec(prefix: Path | None = None) -> Path:
     folder = Path(prefix or sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": [sys.executable, "-m", "tutorlib.checks.sandbox", "-f", "{connection_file}"],
+        # This file run as a script: `-m tutorlib.checks.sandbox` would import tutorlib, and
+        # with it torch, in the launcher too (a second per kernel).
+        "argv": [sys.executable, str(Path(__file__).resolve()), "-f", "{connection_file}"],
         "display_name": "Python 3 (tutorlib sandbox)",
         "language": "python",
         # A signal would reach bwrap, not the kernel: ask the kernel to interrupt itself.
