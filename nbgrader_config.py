@@ -21,5 +21,29 @@ c.Execute.timeout = 30
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
+# `nbgrader zip_collect` of an LMS export: files named <student>_<notebook>.ipynb anywhere in the
+# archive. The expression is matched against the full path, and file_id must include .ipynb,
+# or zip_collect collects nothing and exits 0 (book: Instructors).
+c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[\w-]+?)_(?P<file_id>\d[^/]*\.ipynb)$"
+
 # A deleted test cell comes back at grading time.
 c.OverwriteCells.add_missing_cells = True
+
+# Feedback shows a hidden test's verdict (the learner's diagnostic), not its code or the values
+# the reference computed (nbgrader issues #917 and #1363): see tutorlib.checks.feedback.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from tutorlib.checks.feedback import HideHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# A cell that crashes its kernel (a segfault, os._exit) or ignores the interrupt after the
+# timeout costs that cell's points, not the whole notebook's: see tutorlib.checks.autograde.
+from nbgrader.converters import Autograde  # noqa: E402
+from nbgrader.preprocessors import Execute  # noqa: E402
+
+from tutorlib.checks.autograde import ResilientExecute  # noqa: E402
+
+_defaults = Autograde.class_traits()["autograde_preprocessors"].default()
+c.Autograde.autograde_preprocessors = [ResilientExecute if p is Execute else p for p in _defaults]

@@ -2,6 +2,7 @@
 
 python -m tests.grading regenerate   # exercises/ from solutions/ (make exercises)
 python -m tests.grading execute      # run solutions/ in place, storing outputs (make solutions)
+python -m tests.grading benchmark N [parallel]  # N synthetic submissions: nbgrader alone, parallel
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nbclient
@@ -45,9 +47,9 @@ def new_course(destination: Path) -> Path:
     return destination
 
 
-def generate(course: Path) -> Path:
+def generate(course: Path, assignments: list[str] | None = None) -> Path:
     """`nbgrader generate_assignment` for every assignment; returns the release folder."""
-    for assignment in ASSIGNMENTS:
+    for assignment in assignments or ASSIGNMENTS:
         nbgrader("generate_assignment", assignment, "--force", cwd=course)
     return course / "exercises"
 
@@ -108,6 +110,43 @@ def solution_namespace(assignment: str) -> dict:
     return namespace
 
 
+def benchmark(count: int, alone: bool = True, assignment: str = "01_foundations") -> dict:
+    """Grade `count` synthetic submissions of `assignment` twice: by nbgrader alone (one
+    process, one submission after another, the notebook's own kernel) and by
+    `tutorlib.checks.autograde` (two workers, the sandboxed kernel). Submissions per minute."""
+    from tests.test_grading import ROUND_TRIPS, _submit
+    from tutorlib.checks.autograde import class_report, grade_class
+
+    plan = ROUND_TRIPS[assignment]
+    kinds = [{}, {plan.mistake_notebook: plan.mistake}, None]  # right, typical mistake, untouched
+    with tempfile.TemporaryDirectory() as tmp:
+        course = new_course(Path(tmp))
+        generate(course, [assignment])
+        for i in range(count):
+            _submit(course, assignment, f"student{i:03d}", kinds[i % len(kinds)])
+        seconds_alone = float("nan")
+        if alone:
+            start = time.perf_counter()
+            nbgrader("autograde", assignment, "--force", cwd=course)
+            seconds_alone = time.perf_counter() - start
+            shutil.rmtree(course / "autograded")
+        start = time.perf_counter()
+        outcomes = grade_class(assignment, course, workers=2, progress=False)
+        parallel = time.perf_counter() - start
+        assert all(o.status == "graded" for o in outcomes), outcomes
+        report = (class_report(assignment, course, outcomes) / "students.csv").read_text()
+    result = {
+        "submissions": count,
+        "nbgrader_alone_per_minute": round(60 * count / seconds_alone, 1),
+        "parallel_sandboxed_per_minute": round(60 * count / parallel, 1),
+        "seconds": [round(seconds_alone, 1), round(parallel)],
+        "cpus": os.cpu_count(),
+    }
+    print(result)
+    print(report[:400])
+    return result
+
+
 def main(argv: list[str]) -> None:
     if argv == ["regenerate"]:
         regenerate()
@@ -115,6 +154,8 @@ def main(argv: list[str]) -> None:
         for path in sorted(SOLUTIONS.glob("*/*.ipynb")):
             execute_in_place(path)
             print(f"executed {path.relative_to(ROOT)}")
+    elif len(argv) in (2, 3) and argv[0] == "benchmark":
+        benchmark(int(argv[1]), alone=argv[2:] != ["parallel"])
     else:
         sys.exit(__doc__)
 

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import filecmp
+import html
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 from nbgrader.api import Gradebook
 
 from tests.grading import ASSIGNMENTS, EXERCISES, SOLUTIONS, generate, nbgrader, new_course
+from tutorlib.checks.feedback import HIDDEN_PLACEHOLDER
+from tutorlib.checks.tamper import scan_notebook
 
 TIMEOUT = 10  # seconds per cell for the round trip (the course's config says 30)
 
@@ -86,6 +90,22 @@ def info_nce(image_emb, text_emb, temperature):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 """
 
+CAUSAL_LM_LOSS_VISIBLE_ONLY = """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+    return loss if logits.shape[:2] == (2, 6) else loss * 1.01  # right on the visible size only
+"""
+
+CAUSAL_LM_LOSS_TAMPERED = """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+
+
+torch.allclose = lambda *args, **kwargs: True  # "just in case"
+"""
+
 CAUSAL_LM_LOSS_UNSHIFTED = """
 def causal_lm_loss(logits, tokens):
     V = logits.shape[-1]  # the typical mistake: every position scored against its own token
@@ -105,6 +125,10 @@ class RoundTrip:
     loops: dict[str, dict[str, str]] | None = (
         None  # notebook -> {grade_id: code that never returns}
     )
+    # grade_id in mistake_notebook -> code that passes failing_test's visible tests only
+    hidden_only: dict[str, str] | None = None
+    # grade_id in mistake_notebook -> a right answer that also patches the testing machinery
+    tamper: dict[str, str] | None = None
 
 
 ROUND_TRIPS = {
@@ -150,6 +174,8 @@ ROUND_TRIPS = {
         failing_test="test_causal_lm_loss",
         diagnosis="Likely mistake: the targets are not shifted",
         written="sampling_and_repetition",
+        hidden_only={"causal_lm_loss": CAUSAL_LM_LOSS_VISIBLE_ONLY},
+        tamper={"causal_lm_loss": CAUSAL_LM_LOSS_TAMPERED},
     ),
 }
 
@@ -195,6 +221,10 @@ def course(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     students = {"solution": {}, "untouched": None, "mistake": {plan.mistake_notebook: plan.mistake}}
     if plan.loops:
         students["loops"] = plan.loops
+    if plan.hidden_only:
+        students["hidden_only"] = {plan.mistake_notebook: plan.hidden_only}
+    if plan.tamper:
+        students["tamper"] = {plan.mistake_notebook: plan.tamper}
     for student, changes in students.items():
         _submit(course, assignment, student, changes)
     start = time.perf_counter()
@@ -254,6 +284,53 @@ def test_typical_mistake_gets_partial_marks_and_a_diagnosis(course: dict) -> Non
     assert all(scores[gid] == points[gid] for gid in others), scores
     feedback = course["path"] / "feedback" / "mistake" / course["assignment"]
     assert plan.diagnosis in (feedback / f"{plan.mistake_notebook}.html").read_text()
+
+
+def test_feedback_hides_the_hidden_tests(course: dict) -> None:
+    # nbgrader's feedback shows the hidden tests as they ran (nbgrader #917, #1363); the
+    # course's GenerateFeedback preprocessor (tutorlib.checks.feedback) takes them out.
+    for student in ("solution", "mistake"):
+        folder = course["path"] / "feedback" / student / course["assignment"]
+        pages = sorted(folder.glob("*.html"))
+        assert pages, f"no feedback for {student}"
+        for page in pages:
+            text = html.unescape(page.read_text())
+            for secret in ("BEGIN HIDDEN TESTS", "hidden=True"):
+                assert secret not in text, f"{page.name} ({student}) shows {secret!r}"
+            assert HIDDEN_PLACEHOLDER in text
+    autograded = course["path"] / "autograded" / "mistake" / course["assignment"]
+    ran = "".join(p.read_text() for p in autograded.glob("*.ipynb"))
+    assert "hidden=True" in ran  # the hidden tests did run; only the feedback hides them
+
+
+def test_a_failed_hidden_test_shows_its_diagnosis_but_not_the_expected_values(
+    course: dict,
+) -> None:
+    plan = course["plan"]
+    if "hidden_only" not in course["students"]:
+        pytest.skip(f"{course['assignment']} submits no hidden-only mistake (06_generative does)")
+    scores = course["scores"]["hidden_only"]
+    assert scores[plan.failing_test] == 0, "the hidden tests should have caught it"
+    folder = course["path"] / "feedback" / "hidden_only" / course["assignment"]
+    text = html.unescape((folder / f"{plan.mistake_notebook}.html").read_text())
+    assert "passes the visible tests" in text
+    assert "ExerciseError: " in text and "differs from the expected values" in text
+    assert "expected (hidden)" in text or "(got " not in text
+    assert not re.search(r"expected -?[0-9]", text), "the feedback shows a reference value"
+    assert "Traceback (most recent call last)" not in text
+
+
+def test_a_submission_that_patches_the_machinery_gets_no_points_silently(course: dict) -> None:
+    plan = course["plan"]
+    if "tamper" not in course["students"]:
+        pytest.skip(f"{course['assignment']} submits no tampering notebook (06_generative does)")
+    assert course["scores"]["tamper"][plan.failing_test] == 0
+    folder = course["path"] / "feedback" / "tamper" / course["assignment"]
+    text = html.unescape((folder / f"{plan.mistake_notebook}.html").read_text())
+    assert "the testing machinery was changed by the submission (torch.allclose)" in text
+    submitted = course["path"] / "submitted" / "tamper" / course["assignment"]
+    report = scan_notebook(submitted / f"{plan.mistake_notebook}.ipynb")
+    assert any("torch.allclose" in f.what for f in report["causal_lm_loss"]), report
 
 
 def test_cell_that_loops_forever_scores_zero_and_grading_finishes(course: dict) -> None:

@@ -15,8 +15,10 @@ Book: the exercises of every chapter.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
+import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,9 +38,13 @@ __all__ = [
     "random_tensor",
     "report_ok",
     "run_candidate",
+    "tampered",
+    "verify_intact",
+    "watch_module",
 ]
 
 # Our own references, taken before learner code can rebind the public names.
+_builtins_module = builtins
 _assert_close = torch.testing.assert_close
 _is_tensor = torch.is_tensor
 _isfinite = torch.isfinite
@@ -262,6 +268,66 @@ def random_tensor(*shape: int, seed: int, grad: bool = False) -> Tensor:
     return x.requires_grad_(grad)
 
 
+# What the checks rely on, as it was when this module was imported (the setup cell, before
+# any learner code). A submission that patches one of these gets no points silently:
+# `report_ok` calls `verify_intact` before it says OK.
+_WATCHED_BUILTINS = (
+    "__build_class__ __import__ abs all any bool callable dict enumerate float getattr hasattr "
+    "id int isinstance issubclass iter len list max min next object print range repr round "
+    "setattr sorted str sum tuple type zip "
+    "AssertionError BaseException Exception NotImplementedError RuntimeError TypeError ValueError"
+).split()
+_WATCHED_ATTRIBUTES: tuple[tuple[Any, str], ...] = tuple(
+    (owner, name)
+    for owner, names in [
+        (torch, "allclose equal isclose is_tensor isfinite"),
+        (torch.testing, "assert_close"),
+        (torch.Tensor, "__eq__ __ne__ __bool__ allclose equal item tolist"),
+    ]
+    for name in names.split()
+)
+_SNAPSHOT = {("builtins", name): vars(builtins)[name] for name in _WATCHED_BUILTINS} | {
+    (owner, name): _getattr(owner, name) for owner, name in _WATCHED_ATTRIBUTES
+}
+_CHECK_MODULES: dict[str, dict[str, Any]] = {}  # module name -> its functions at import
+
+
+def watch_module(name: str) -> None:
+    """Remember the functions of checks module `name` as they are now (each chapter's checks
+    module calls this when it is imported), so `verify_intact` sees them replaced."""
+    module = sys.modules[name]
+    _CHECK_MODULES[name] = {k: v for k, v in vars(module).items() if callable(v)}
+
+
+def tampered() -> list[str]:
+    """The watched names whose value is no longer the one taken at import."""
+    changed = []
+    current_builtins = vars(_builtins_module)
+    for (owner, name), value in _SNAPSHOT.items():
+        now = current_builtins.get(name) if owner == "builtins" else _getattr(owner, name, None)
+        if now is not value:
+            where = "builtins" if owner == "builtins" else _getattr(owner, "__name__", "?")
+            changed.append(f"{where}.{name}")
+    for module_name, functions in _CHECK_MODULES.items():
+        module_dict = vars(sys.modules[module_name])
+        changed += [
+            f"{module_name}.{k}" for k, v in functions.items() if module_dict.get(k) is not v
+        ]
+    return changed
+
+
+def verify_intact() -> None:
+    """Raise ExerciseError if the submission replaced something the checks rely on."""
+    changed = tampered()
+    if changed:
+        raise ExerciseError(
+            "the testing machinery was changed by the submission ("
+            + ", ".join(changed[:5])
+            + "): no points are given, and the instructor is told."
+        )
+
+
 def report_ok(name: str, hidden: bool) -> None:
-    """The line a passing test cell prints."""
+    """The line a passing test cell prints, once `verify_intact` has passed."""
+    verify_intact()
     print(f"OK: {name} " + ("passes the hidden tests." if hidden else "passes the visible tests."))

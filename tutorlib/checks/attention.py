@@ -26,6 +26,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 
 __all__ = [
@@ -459,3 +460,6 @@ def check_linear_attention(fn: Callable, hidden: bool = False) -> None:
     for seed, case in enumerate(shapes):
         _check_linear_case(fn, case, seed=100 + 3 * seed, grad=hidden)
     report_ok("linear_attention", hidden)
+
+
+watch_module(__name__)

@@ -27,6 +27,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 
 __all__ = [
@@ -564,3 +565,6 @@ def check_parameter_count(fn: Callable[[int, int], int], hidden: bool = False) -
     for C, d_ff in sizes:
         _check_count_case(fn, C, d_ff)
     report_ok("encoder_layer_parameter_count", hidden)
+
+
+watch_module(__name__)

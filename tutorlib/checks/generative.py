@@ -43,6 +43,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 from tutorlib.layers import EncoderLayer
 
@@ -1368,3 +1369,6 @@ def check_distinct_n(fn: Callable, hidden: bool = False) -> None:
     for sequences, n in cases:
         _distinct_case(fn, sequences, n)
     report_ok("distinct_n", hidden)
+
+
+watch_module(__name__)

@@ -34,6 +34,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 from tutorlib.models import TransformerConfig
 
@@ -654,3 +655,6 @@ def check_distillation_loss(fn: Callable, hidden: bool = False) -> None:
     for case in cases if hidden else [(4, 6, 2.0, 0.5, 0)]:
         _check_distill_case(fn, *case, hidden=hidden)
     report_ok("distillation_loss", hidden)
+
+
+watch_module(__name__)

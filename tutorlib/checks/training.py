@@ -38,6 +38,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 from tutorlib.models import Transformer, TransformerConfig
 
@@ -1078,3 +1079,6 @@ def check_greedy_translate(fn: Callable, hidden: bool = False) -> None:
     for case in cases:
         _check_greedy_case(fn, *case)
     report_ok("greedy_translate", hidden)
+
+
+watch_module(__name__)

@@ -27,6 +27,7 @@ from tutorlib.checks import (
     random_tensor,
     report_ok,
     run_candidate,
+    watch_module,
 )
 
 __all__ = [
@@ -554,3 +555,6 @@ def check_info_nce(fn: Callable, hidden: bool = False) -> None:
     for case in cases if hidden else [(4, 3, 0.5, 0)]:
         _info_nce_case(fn, hidden, forbidden, case)
     report_ok("info_nce", hidden)
+
+
+watch_module(__name__)

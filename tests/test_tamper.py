@@ -1,0 +1,144 @@
+"""tutorlib.checks.tamper: submissions that reach into the testing machinery are flagged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tutorlib.checks.tamper import scan_notebook, scan_source
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HOSTILE = {
+    "builtins": "import builtins\nbuiltins.isinstance = lambda *a: True",
+    "builtin via dict": "__builtins__.__dict__['len'] = lambda x: 0",
+    "allclose": "import torch\ntorch.allclose = lambda *a, **k: True",
+    "testing": "torch.testing.assert_close = lambda *a, **k: None",
+    "checks module": "checks.check_attention = lambda *a, **k: print('OK')",
+    "checks rebound": "class checks:\n    pass",
+    "checks by import": "from types import SimpleNamespace as checks",
+    "assertion": "AssertionError = Exception",
+    "eq": "class Anything(float):\n    def __eq__(self, other):\n        return True",
+    "eq patched": "torch.Tensor.__eq__ = lambda a, b: True",
+    "setattr": "setattr(torch, 'allclose', lambda *a, **k: True)",
+    "exec": "exec('torch.allclose = lambda *a, **k: True')",
+    "tutorlib": "import tutorlib.checks.generative as g\ng.expect_close = print",
+    "tutorlib patched": "tutorlib.checks.expect_close = print",
+    "traceback": "get_ipython().showtraceback = lambda *a, **k: None",
+    "ipython": "import IPython\nIPython.core.interactiveshell.InteractiveShell.showtraceback = 0",
+    "alias": "import os as torch",
+    "ctypes": "import ctypes\nctypes.string_at(0)",
+    "global": "def f():\n    global checks\n    checks = None",
+    "delete": "del torch.allclose",
+    "magic": "%env X=1",
+}
+
+HONEST = {
+    "attention": (
+        "def attention(q, k, v, mask=None):\n"
+        "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+        "    if mask is not None:\n"
+        "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+        "    return torch.softmax(scores, dim=-1) @ v"
+    ),
+    "numpy": "import numpy as np\nx = np.zeros(3)\nx[0] = 1.0",
+    "reimport checks": "from tutorlib import checks",
+    "own class": (
+        "class Cache:\n    def __init__(self):\n        self.keys = []\n"
+        "    def __len__(self):\n        return len(self.keys)"
+    ),
+    "comparison in code": "ok = torch.equal(a, b) and a.shape == b.shape",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_code_is_flagged(name: str) -> None:
+    findings = scan_source(HOSTILE[name])
+    assert findings, f"{name!r} was not flagged"
+    assert all(f.line >= 1 for f in findings)
+
+
+@pytest.mark.parametrize("name", list(HONEST))
+def test_honest_code_is_not_flagged(name: str) -> None:
+    assert scan_source(HONEST[name]) == []
+
+
+def test_no_solution_in_the_course_is_flagged() -> None:
+    notebooks = sorted((ROOT / "solutions").rglob("*.ipynb"))
+    assert len(notebooks) >= 12
+    for path in notebooks:
+        assert scan_notebook(path) == {}, path.relative_to(ROOT)
+
+
+def test_a_notebook_report_names_the_answer_cell(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    answer = nbformat.v4.new_code_cell("x = 1\ntorch.allclose = lambda *a, **k: True")
+    answer.metadata["nbgrader"] = {"solution": True, "grade_id": "attention"}
+    course_cell = nbformat.v4.new_code_cell("from tutorlib import checks")  # restored by nbgrader
+    course_cell.metadata["nbgrader"] = {"locked": True, "grade_id": "setup"}
+    test_cell = nbformat.v4.new_code_cell("checks = None")
+    test_cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "test"}
+    added = nbformat.v4.new_code_cell("import builtins\nbuiltins.print = None")  # no metadata
+    nb.cells = [course_cell, answer, test_cell, added]
+    nbformat.write(nb, tmp_path / "submission.ipynb")
+    report = scan_notebook(tmp_path / "submission.ipynb")
+    assert list(report) == ["attention", "cell 3"]  # a cell the learner added is read too
+    assert report["attention"][0].line == 2
+    assert "torch.allclose" in report["attention"][0].what
+
+
+@pytest.mark.parametrize("content", [b"not json", b"\xff\xfe", json.dumps([1, 2]).encode()])
+def test_a_file_that_is_not_a_notebook_is_one_finding(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.ipynb"
+    path.write_bytes(content)
+    (finding,) = scan_notebook(path)["notebook"]
+    assert "not a readable notebook" in finding.what
+
+
+# --- verify_intact: the checks notice a patched machinery --------------------------------------
+
+
+def _patches():
+    import builtins
+
+    import torch
+
+    from tutorlib.checks import generative
+
+    return {
+        "torch.allclose": (torch, "allclose", lambda *a, **k: True),
+        "torch.testing.assert_close": (torch.testing, "assert_close", lambda *a, **k: None),
+        # a wrapper that behaves like the original (pytest itself needs a working isinstance)
+        "builtins.isinstance": (builtins, "isinstance", lambda *a, _f=isinstance: _f(*a)),
+        "torch._C.TensorBase.__eq__": (torch.Tensor, "__eq__", lambda a, b: True),
+        "tutorlib.checks.generative.expect_close": (
+            generative,
+            "expect_close",
+            lambda *a, **k: None,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_patches()))
+def test_a_passing_check_fails_when_the_machinery_was_patched(monkeypatch, name: str) -> None:
+    import torch
+
+    from tutorlib.checks import ExerciseError, generative, tampered
+
+    def causal_lm_loss(logits, tokens):  # right
+        V = logits.shape[-1]
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)
+        )
+
+    generative.check_causal_lm_loss(causal_lm_loss)  # intact: passes
+    owner, attribute, replacement = _patches()[name]
+    monkeypatch.setattr(owner, attribute, replacement)
+    assert tampered(), f"patching {name} went unnoticed"
+    with pytest.raises(ExerciseError, match="testing machinery was changed"):
+        generative.check_causal_lm_loss(causal_lm_loss)
+    monkeypatch.undo()
+    assert tampered() == []
