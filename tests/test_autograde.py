@@ -286,6 +286,12 @@ def test_bubblewrap_hides_the_course_but_the_kernels_own_folder(tmp_path: Path) 
     assert argv[argv.index("setpriv") + 1].startswith("--reuid=")
     assert argv[-1] == "python"
     assert sandbox.hidden_paths(tmp_path) == []  # not a grading folder: nothing to hide
+    # bwrap would make the folders above a bound path 0700 beneath the private /tmp, and the
+    # kernel's user could not reach its own folder (or a venv or checkout under /tmp).
+    below_tmp = [a for a in cwd.parents if a != Path("/tmp") and a.is_relative_to("/tmp")]
+    for folder in below_tmp:
+        made = text.index(f"--perms 0755 --dir {folder} ")
+        assert made < text.index(f"--ro-bind {cwd} {cwd}"), folder
 
 
 def test_without_bubblewrap_the_launcher_says_so_and_keeps_the_limits(

@@ -119,6 +119,10 @@ def _tutorlib_package() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _strictly_in(path: Path, folder: Path) -> bool:
+    return path != folder and path.is_relative_to(folder)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("TUTORLIB_CACHE") or Path.home() / ".cache" / "tutorlib")
 
@@ -144,7 +148,12 @@ def bubblewrap_argv(
         covered.append(home)
     # What the kernel needs from beneath those: Python, the environment, tutorlib, its cache.
     needed = [Path(sys.base_prefix), Path(sys.prefix), _tutorlib_package(), _cache_dir(), cwd]
-    for path in sorted({p for p in needed if p.exists() and any(map(p.is_relative_to, covered))}):
+    shown = sorted({p for p in needed if p.exists() and any(map(p.is_relative_to, covered))})
+    # bwrap makes missing parent folders 0700, which only root may enter: make them 0755.
+    parents = {a for p in shown for a in p.parents if any(_strictly_in(a, c) for c in covered)}
+    for folder in sorted(parents, key=lambda a: len(a.parts)):
+        argv += ["--perms", "0755", "--dir", str(folder)]
+    for path in shown:
         argv += ["--ro-bind", str(path), str(path)]
     argv += ["--perms", "0444", "--ro-bind-data", str(connection_fd), "/tmp/kernel.json"]
     for path in hidden_paths(cwd):
