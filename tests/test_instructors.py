@@ -138,6 +138,14 @@ def test_grades_combine_autograding_and_the_written_marks(course: dict) -> None:
     assert all(float(row["max_score"]) == 17 for row in rows.values())
 
 
+def test_the_grader_ran_two_nbgrader_processes_at_once(course: dict) -> None:
+    # Three students in batches of two on two workers: two nbgrader processes wrote to the
+    # SQLite gradebook at the same time, and every student was graded.
+    (output,) = [out for source, out in course["outputs"] if "tutorlib.checks.autograde" in source]
+    assert "3 submissions in" in output, output
+    assert "nbgrader failed" not in output and "timed out" not in output, output
+
+
 def test_report_and_feedback_exist_for_the_class(course: dict) -> None:
     with open(course["path"] / "reports" / ASSIGNMENT / "students.csv") as handle:
         report = {row["student"]: row for row in csv.DictReader(handle)}
