@@ -44,11 +44,16 @@ $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
 ## Two pytest workers share the 2 cores, so each process (and each kernel it starts) gets one
 ## thread: with two threads each, torch's thread pools fight over the cores and slow down
 ## by orders of magnitude.
+## Grading a class starts grading processes of its own (two workers): those tests run after the
+## parallel phase, so that they do not compete with the pages' time budgets.
+GRADING_TESTS := tests/test_autograde.py tests/test_instructors.py
+
 test: $(STAMP) lint sandbox-tools
 	rm -rf _build/executed
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
-	  --nbval --nbval-current-env --deselect tests/test_book.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_book.py
+	  --nbval --nbval-current-env --deselect tests/test_book.py \
+	  $(addprefix --deselect ,$(GRADING_TESTS))
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(GRADING_TESTS) tests/test_book.py
 
 ## The grading tests run hostile submissions in bubblewrap, with `unshare` and `ip` cutting the
 ## network (Debian's bubblewrap, util-linux and iproute2). Installed with apt where this runs as

@@ -1,8 +1,8 @@
 """Grading untrusted submissions: the sandboxed kernel, the parallel grader and its report.
 
 A temporary course of Chapter 1's assignment receives one honest submission and one of each
-kind of broken or hostile submission; `tutorlib.checks.autograde.grade_class` grades them through
-the real nbgrader, in the `tutorlib-sandbox` kernel, with nbgrader's per-cell
+kind of broken or hostile submission; `tutorlib.checks.autograde.grade_class` grades them in
+parallel through the real nbgrader, in the `tutorlib-sandbox` kernel, with nbgrader's per-cell
 timeout at 8 s so the hanging cases stay cheap. Each must get the score its working cells
 earn, and leave the other students' results and the instructor's files as they were.
 """
@@ -174,10 +174,9 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ]
     protected += sorted((course / "submitted" / "honest").rglob("*.ipynb"))
     before = {path: _digest(path) for path in protected}
-    # One worker: the suite runs beside another test on two cores (the parallel path runs in
-    # tests/test_instructors.py and in the benchmark).
+    # Two workers: make test runs this module after the parallel phase, on its own.
     outcomes = grade_class(
-        ASSIGNMENT, course, workers=1, batch=6, timeout=CELL_TIMEOUT, submission_timeout=120
+        ASSIGNMENT, course, workers=2, batch=3, timeout=CELL_TIMEOUT, submission_timeout=120
     )
     report = class_report(ASSIGNMENT, course, outcomes)
     with open(report / "students.csv") as handle:
