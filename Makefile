@@ -12,7 +12,8 @@ export MPLBACKEND := Agg
 # Nothing here may reach the network at run time.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: book test venv lint exercises solutions budgets lock clean sandbox-tools
+.PHONY: book test venv lint exercises solutions notebooks budgets lock clean sandbox-tools \
+  browser-tools
 
 venv: $(STAMP)
 
@@ -28,7 +29,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## Build the site into _build/html with warnings as errors. Pages are executed through Jupyter
 ## Book's cache (_build/.jupyter_cache): a page runs again when its code changed, and every page
-## runs again when tutorlib or the lock changed.
+## runs again when tutorlib or the lock changed. The build ends with a table of each page's
+## execution time (book/_ext/course_site.py).
 book: $(STAMP) $(CACHE)/.sources
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build . -W -n --keep-going
@@ -44,16 +46,20 @@ $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
 ## Two pytest workers share the 2 cores, so each process (and each kernel it starts) gets one
 ## thread: with two threads each, torch's thread pools fight over the cores and slow down
 ## by orders of magnitude.
+## The pages that train a model for most of their budget (marker `quiet`, tests/test_pages.py)
+## then run one at a time with both cores, as their budgets are defined.
 ## Grading a class starts grading processes of its own (two workers): those tests run after the
-## parallel phase, so that they do not compete with the pages' time budgets.
+## parallel phase, so that they do not compete with the pages' time budgets. So do the book
+## build and the site tests, which open every page in Chromium.
 GRADING_TESTS := tests/test_autograde.py tests/test_instructors.py
+SERIAL_TESTS := $(GRADING_TESTS) tests/test_book.py tests/test_site.py
 
-test: $(STAMP) lint sandbox-tools
-	rm -rf _build/executed
+test: $(STAMP) lint sandbox-tools browser-tools
+	rm -rf _build/executed _build/test-artifacts
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
-	  --nbval --nbval-current-env --deselect tests/test_book.py \
-	  $(addprefix --deselect ,$(GRADING_TESTS))
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(GRADING_TESTS) tests/test_book.py
+	  --nbval --nbval-current-env -m "not quiet" $(addprefix --deselect ,$(SERIAL_TESTS))
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -m quiet tests/test_pages.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(SERIAL_TESTS)
 
 ## The grading tests run hostile submissions in bubblewrap, with `unshare` and `ip` cutting the
 ## network (Debian's bubblewrap, util-linux and iproute2). Installed with apt where this runs as
@@ -65,6 +71,16 @@ sandbox-tools:
 	      { apt-get update -qq && apt-get install -y -qq bubblewrap iproute2 >/dev/null; }; }; } || \
 	  echo "WARNING: could not install bubblewrap: submissions are graded with resource limits only"
 
+## The site tests drive Debian's Chromium (tests/test_site.py); installed with apt where this
+## runs as root, otherwise those tests skip with a warning.
+browser-tools:
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium \
+	        >/dev/null; }; }; } || \
+	  echo "WARNING: could not install Chromium: the site is not tested in a browser"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -72,6 +88,11 @@ lint: $(STAMP)
 ## Regenerate the student notebooks in exercises/ from solutions/.
 exercises: $(STAMP)
 	$(BIN)/python -m tests.grading regenerate
+
+## Rewrite the launch notebooks (book/**/*.ipynb) from the pages: the site's Binder, Colab and
+## JupyterHub buttons open them (tests/notebooks.py).
+notebooks: $(STAMP)
+	$(BIN)/python -m tests.notebooks
 
 ## Execute the instructor notebooks in place, so their stored outputs stay current.
 solutions: $(STAMP)

@@ -1,7 +1,8 @@
 """Execute each book page and solution notebook on its own and measure it.
 
     python -m tests.budgets                 # print the table
-    python -m tests.budgets --write-readme  # and write it into README.md (make budgets)
+    python -m tests.budgets --write-readme  # and write it into README.md and book/budgets.json
+                                            # (make budgets; the site shows it on each page)
 
 A page is a MyST-NB markdown notebook (read with myst-nb's own reader) or an .ipynb. Time is the
 wall-clock time of executing every cell; memory is the kernel's peak resident set size
@@ -56,6 +57,7 @@ LONG_PAGES = {
 }
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"
+BUDGETS_JSON = ROOT / "book" / "budgets.json"  # read by the site's compute notes (book/_ext)
 
 PROBE = """
 import json as _json, resource as _resource
@@ -90,13 +92,18 @@ def toc_files() -> list[str]:
 
 
 def book_pages() -> list[Path]:
-    """Every executable page in the table of contents, in order."""
+    """Every executable page of the book (book/) in the table of contents, in order."""
     pages = []
     for name in toc_files():
+        if not name.startswith("book/"):
+            continue  # the exercises and the Solutions appendix
+        # A page's source is its .md; an .ipynb beside it is its launch copy (tests/notebooks.py).
         for suffix in (".md", ".ipynb"):
             path = ROOT / f"{name}{suffix}"
-            if path.exists() and is_notebook(path):
-                pages.append(path)
+            if path.exists():
+                if is_notebook(path):
+                    pages.append(path)
+                break
     return pages
 
 
@@ -171,7 +178,8 @@ def seed_cache(cache_path: Path) -> list[str]:
     jupyter-cache matches a page to a cached notebook by a hash of its code cells (source and
     metadata) and kernelspec, so a page whose code changed since it was executed is executed
     again by the build; a notebook executed against other tutorlib sources is skipped here.
-    Returns the pages seeded.
+    The solution notebooks (the site's Solutions appendix) are seeded the same way. Returns the
+    notebooks seeded.
     """
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
@@ -179,7 +187,7 @@ def seed_cache(cache_path: Path) -> list[str]:
     cache = get_cache(str(cache_path))
     fingerprint = tutorlib_fingerprint()
     seeded = []
-    for page in book_pages():
+    for page in [*book_pages(), *solution_notebooks()]:
         kept = EXECUTED / page.relative_to(ROOT).with_suffix(".ipynb")
         if not kept.exists():
             continue
@@ -209,6 +217,16 @@ def table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def budgets_json(measurements: list[Measurement]) -> str:
+    """The measurements as JSON, one notebook a line, for the site's compute notes."""
+    rows = ",\n".join(
+        f'  "{m.path}": {{"seconds": {m.seconds:.0f}, "peak_mb": {m.peak_mb:.0f}}}'
+        for m in measurements
+    )
+    head = f'"cores": {os.cpu_count()}, "machine": "{platform.machine()}"'
+    return f'{{{head},\n "notebooks": {{\n{rows}\n}}}}\n'
+
+
 def write_readme(text: str) -> None:
     readme = ROOT / "README.md"
     content = readme.read_text()
@@ -228,6 +246,7 @@ def main(argv: list[str]) -> None:
     print(text)
     if "--write-readme" in argv:
         write_readme(text)
+        BUDGETS_JSON.write_text(budgets_json(measurements))
 
 
 if __name__ == "__main__":

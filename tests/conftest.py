@@ -1,6 +1,12 @@
-"""Shared fixtures: seeded, quiet, CPU-only."""
+"""Shared fixtures: seeded, quiet, CPU-only; the site built once for the book and site tests."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -21,3 +27,29 @@ def expect_hint(check, candidate, hint: str, hidden: bool = True) -> None:
     with pytest.raises(ExerciseError) as error:
         check(candidate, hidden=hidden)
     assert hint in str(error.value), str(error.value)
+
+
+@dataclass(frozen=True)
+class Site:
+    html: Path  # the built site's folder
+    returncode: int
+    log: str  # the build's output, its end kept
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """The site built from a clean state with warnings as errors (tests/test_book.py says why),
+    once per session. SITE_HTML=<folder> tests a site built already instead (say _build/html
+    after `make book`)."""
+    if os.environ.get("SITE_HTML"):
+        return Site(Path(os.environ["SITE_HTML"]).resolve(), 0, "")
+    from tests.budgets import ROOT, book_pages, seed_cache
+
+    out = tmp_path_factory.mktemp("site")
+    seeded = seed_cache(out / "_build" / ".jupyter_cache")
+    print(f"{len(seeded)} of {len(book_pages())} pages rendered from the budget tests' execution")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    command = [str(jupyter_book), "build", str(ROOT), "--path-output", str(out), "-W", "-n"]
+    result = subprocess.run([*command, "--keep-going"], capture_output=True, text=True)
+    log = result.stdout[-6000:] + result.stderr[-6000:]
+    return Site(out / "_build" / "html", result.returncode, log)

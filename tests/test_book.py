@@ -7,39 +7,20 @@ Executing every page takes most of the build's time, and the budget tests (test_
 just executed them, each in a fresh kernel. `make test` runs this test after them, and the build
 starts from an execution cache seeded with those notebooks (`tests.budgets.seed_cache`): the ones
 whose code and tutorlib sources are unchanged are rendered from it; any other page (and every
-page when this test runs on its own) is executed by the build itself.
+page when this test runs on its own) is executed by the build itself. The build is the
+`built_site` fixture (tests/conftest.py), shared with the site tests (tests/test_site.py).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.budgets import ROOT, book_pages, seed_cache
+from tests.budgets import ROOT, book_pages, solution_notebooks
+from tests.conftest import Site
 
 
-def test_book_builds_clean_with_warnings_as_errors(tmp_path: Path) -> None:
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    seeded = seed_cache(tmp_path / "_build" / ".jupyter_cache")
-    print(f"{len(seeded)} of {len(book_pages())} pages rendered from the budget tests' execution")
-    result = subprocess.run(
-        [
-            str(jupyter_book),
-            "build",
-            str(ROOT),
-            "--path-output",
-            str(tmp_path),
-            "-W",
-            "-n",
-            "--keep-going",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
-    html = tmp_path / "_build" / "html"
-    for page in book_pages():
+def test_book_builds_clean_with_warnings_as_errors(built_site: Site) -> None:
+    assert built_site.returncode == 0, built_site.log
+    html = built_site.html
+    for page in [*book_pages(), *solution_notebooks()]:
         built = html / page.relative_to(ROOT).with_suffix(".html")
         assert built.exists(), f"{built} was not built"
         text = built.read_text()

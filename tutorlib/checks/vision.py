@@ -415,8 +415,12 @@ def _matching_cost_case(fn: Callable, hidden: bool, forbidden: list[Target], cas
 
 
 def check_matching_cost(fn: Callable, hidden: bool = False) -> None:
-    """Learner's `matching_cost(probs (Q, K + 1), pred_boxes (Q, 4), labels (M,), target_boxes
-    (M, 4), l1_weight) -> (Q, M)`: -probs[q, labels[m]] + l1_weight * |pred_q - target_m|_1."""
+    """Learner's `matching_cost(probs, pred_boxes, labels, target_boxes, l1_weight)`:
+    -probs[q, labels[m]] + l1_weight * |pred_q - target_m|_1.
+
+    Shapes:
+        probs (Q, K + 1); pred_boxes (Q, 4); labels (M,); target_boxes (M, 4)  ->  (Q, M)
+    """
     forbidden = _existing("tutorlib.detection", ["match_cost", "matching_cost", "hungarian_match"])
     cases = [(6, 3, 4, 5.0, 1), (4, 4, 2, 1.0, 2), (5, 1, 3, 2.5, 3)]
     for case in cases if hidden else [(4, 2, 3, 5.0, 0)]:
