@@ -360,3 +360,13 @@ def test_long_outputs_are_collapsed() -> None:
     document += [long, short]
     course_site.collapse_long_outputs(None, document, "page")
     assert "toggle" in long["classes"] and "toggle" not in short["classes"]
+
+
+def test_the_build_reports_each_pages_execution_time(site: Path) -> None:
+    """`make book` ends with this table: every executed page, its seconds, and how it ran."""
+    text = (site.parent / "execution-times.txt").read_text()
+    for name in EXECUTABLE:
+        if not name.startswith("exercises/"):  # shown, not executed
+            assert re.search(
+                rf"^  {re.escape(name)} +[0-9.]+  (executed now|from the cache)$", text, re.M
+            ), f"{name} missing from the table:\n{text}"
