@@ -29,11 +29,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## Build the site into _build/html with warnings as errors. Pages are executed through Jupyter
 ## Book's cache (_build/.jupyter_cache): a page runs again when its code changed, and every page
-## runs again when tutorlib or the lock changed. The build ends with a table of each page's
-## execution time (book/_ext/course_site.py).
+## runs again when tutorlib or the lock changed. It ends with a table of each page's execution
+## time, written by the build (book/_ext/course_site.py) to _build/execution-times.txt.
 book: $(STAMP) $(CACHE)/.sources
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	@cat _build/execution-times.txt
 	@echo "Open _build/html/index.html in a browser."
 
 $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt

@@ -268,6 +268,10 @@ def test_page_in_the_browser(browser: object, server: str, name: str) -> None:
             )
             assert visit.url in current, f"{name}: the sidebar does not lead here ({current})"
         assert not visit.problems, f"{name}:\n" + "\n".join(visit.problems)
+        if name in EXECUTABLE:
+            cells = page.evaluate("() => document.querySelectorAll('div.cell_input pre').length")
+            copy = page.evaluate("() => document.querySelectorAll('button.copybtn').length")
+            assert copy >= cells > 0, f"{name}: {copy} copy buttons for {cells} code cells"
         if name in SCREENSHOTS:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / (name.replace("/", "__") + ".png")
@@ -338,3 +342,31 @@ def test_compute_notes_agree_with_the_readme_budgets() -> None:
     assert rows, "no budget table in README.md"
     readme = {p: {"seconds": int(s), "peak_mb": int(m)} for p, s, m in rows}
     assert readme == data, "run make budgets: README.md and book/budgets.json differ"
+
+
+def test_long_outputs_are_collapsed() -> None:
+    """A text output of more than LONG_OUTPUT_LINES lines is collapsed behind a button; a short
+    one is left open (the site's extension, book/_ext/course_site.py)."""
+    from docutils import nodes
+    from docutils.utils import new_document
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import course_site
+
+    document = new_document("page")
+    long, short = (nodes.container(classes=["cell_output"]) for _ in range(2))
+    long += nodes.literal_block(text="\n".join(map(str, range(course_site.LONG_OUTPUT_LINES + 1))))
+    short += nodes.literal_block(text="\n".join(map(str, range(course_site.LONG_OUTPUT_LINES))))
+    document += [long, short]
+    course_site.collapse_long_outputs(None, document, "page")
+    assert "toggle" in long["classes"] and "toggle" not in short["classes"]
+
+
+def test_the_build_reports_each_pages_execution_time(site: Path) -> None:
+    """`make book` ends with this table: every executed page, its seconds, and how it ran."""
+    text = (site.parent / "execution-times.txt").read_text()
+    for name in EXECUTABLE:
+        if not name.startswith("exercises/"):  # shown, not executed
+            assert re.search(
+                rf"^  {re.escape(name)} +[0-9.]+  (executed now|from the cache)$", text, re.M
+            ), f"{name} missing from the table:\n{text}"

@@ -11,8 +11,8 @@
 - Long text outputs (more than `LONG_OUTPUT_LINES` lines) are collapsed behind a button.
 - A script that two extensions add twice to a page (sphinx-thebe's configuration, which
   throws "Identifier 'THEBE_JS_URL' has already been declared" in the browser) is kept once.
-- At the end of the build, a table of every executed page: seconds, and whether it ran in this
-  build or came from the execution cache.
+- At the end of the build, a table of every executed page in `_build/execution-times.txt`:
+  seconds, and whether it ran in this build or came from the execution cache.
 """
 
 from __future__ import annotations
@@ -243,25 +243,33 @@ def remember_start(app: Sphinx) -> None:
 
 
 def execution_table(app: Sphinx, exception: Exception | None) -> None:
-    """Print each executed page's time, and whether it ran now or came from the cache."""
+    """Write each executed page's time, and whether it ran now or came from the cache, to
+    `_build/execution-times.txt` (build-finished; `make book` prints it last)."""
     if exception is not None:
         return
     started = getattr(app.env, "course_build_started", 0.0)
     rows = []
-    for docname, meta in sorted(app.env.metadata.items()):
+    for docname, meta in sorted(getattr(app.env, "nb_metadata", {}).items()):
         data = meta.get("exec_data")
         if not data or data.get("runtime") is None:
             continue
         how = "executed now" if data["mtime"] >= started else "from the cache"
         rows.append((docname, data["runtime"], how))
+    target = Path(app.outdir).parent / "execution-times.txt"
+    target.write_text(format_times(rows))
+    logger.info(f"execution time of each page: {target}")
+
+
+def format_times(rows: list[tuple[str, float, str]]) -> str:
+    """A table of (page, seconds, how) rows, with the total executed in this build."""
     if not rows:
-        return
+        return "No page was executed or taken from the cache.\n"
     width = max(len(d) for d, _, _ in rows)
-    lines = ["", "Execution time per page (seconds; cached pages show their earlier run):"]
-    lines += [f"  {d:<{width}}  {s:7.1f}  {how}" for d, s, how in rows]
-    now = sum(s for _, s, how in rows if how == "executed now")
-    lines.append(f"  {len(rows)} pages; {now:.0f} s executed in this build")
-    print("\n".join(lines))
+    lines = ["Execution time of each page (s); a cached page shows the run that made its cache:"]
+    lines += [f"  {d:<{width}}  {s:6.1f}  {how}" for d, s, how in rows]
+    now = [s for _, s, how in rows if how == "executed now"]
+    lines.append(f"  {len(rows)} pages, {len(now)} executed in this build ({sum(now):.0f} s)")
+    return "\n".join(lines) + "\n"
 
 
 def setup(app: Sphinx) -> dict:
