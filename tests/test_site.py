@@ -306,7 +306,12 @@ def test_search_finds_attention(browser: object, server: str) -> None:
     page = visit.page
     try:
         page.goto(urllib.parse.urljoin(server, "search.html?q=attention"))
-        page.wait_for_selector("#search-results ul.search li", timeout=20_000)
+        # Results arrive one at a time; the summary says when the search has finished.
+        page.wait_for_function(
+            "() => /^Search finished/.test("
+            "document.querySelector('#search-results .search-summary')?.innerText || '')",
+            timeout=30_000,
+        )
         results = page.evaluate(
             "() => [...document.querySelectorAll('#search-results ul.search li a')]"
             ".map(a => a.href)"
