@@ -31,14 +31,19 @@ $(STAMP): requirements.txt pyproject.toml
 ## Book's cache (_build/.jupyter_cache): a page runs again when its code changed, and every page
 ## runs again when tutorlib or the lock changed. It ends with a table of each page's execution
 ## time, written by the build (book/_ext/course_site.py) to _build/execution-times.txt.
+## Sphinx rebuilds incrementally (an unchanged rebuild re-reads nothing) only after a build that
+## succeeded with -W: after a failed build, or when the cache was cleared, everything is read
+## again, so that a failed page cannot hide behind a stale page.
 book: $(STAMP) $(CACHE)/.sources
-	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	@test -f _build/.book-ok || rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	rm -f _build/.book-ok
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	@touch _build/.book-ok
 	@cat _build/execution-times.txt
 	@echo "Open _build/html/index.html in a browser."
 
 $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
-	rm -rf $(CACHE)
+	rm -rf $(CACHE) _build/.book-ok
 	mkdir -p $(CACHE)
 	touch $@
 
