@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.budgets import ROOT, toc_files
+from tests.budgets import ROOT, is_notebook, toc_files
 from tests.conftest import Site
 from tests.notebooks import repository, stale
 
@@ -51,7 +51,7 @@ def executable(name: str) -> bool:
     if name.startswith(("exercises/", "solutions/")):
         return True
     page = ROOT / f"{name}.md"
-    return page.exists() and "file_format: mystnb" in page.read_text()[:500]
+    return page.exists() and is_notebook(page)
 
 
 EXECUTABLE = [name for name in toc_files() if executable(name)]
