@@ -10,7 +10,7 @@ wall-clock time of executing every cell; memory is the kernel's peak resident se
 
 Each executed notebook is also kept in `_build/executed/`, stamped with a fingerprint of tutorlib's
 sources, so that the book test can build the site from these outputs instead of executing every
-page a second time (see `seed_cache` and tests/test_book.py).
+page a second time (see `seed_cache` and tests/test_site.py).
 """
 
 from __future__ import annotations

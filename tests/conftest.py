@@ -38,7 +38,7 @@ class Site:
 
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    """The site built from a clean state with warnings as errors (tests/test_book.py says why),
+    """The site built from a clean state with warnings as errors (tests/test_site.py says why),
     once per session. SITE_HTML=<folder> tests a site built already instead (say _build/html
     after `make book`)."""
     if os.environ.get("SITE_HTML"):

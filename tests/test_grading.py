@@ -217,7 +217,7 @@ def _submit(course: Path, assignment: str, student: str, changes: dict | None) -
 def course(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     assignment, plan = request.param, ROUND_TRIPS[request.param]
     course = new_course(tmp_path_factory.mktemp(f"course-{assignment}"))
-    generate(course)
+    generate(course, [assignment])
     students = {"solution": {}, "untouched": None, "mistake": {plan.mistake_notebook: plan.mistake}}
     if plan.loops:
         students["loops"] = plan.loops

@@ -1,7 +1,17 @@
-"""The site as readers meet it: every page opened in a real browser, links, search, launch buttons.
+"""The site as readers meet it: a clean build with warnings as errors, then every page opened in a
+real browser, links, search, launch buttons.
 
-The site is the one tests/test_book.py builds (the `built_site` fixture; SITE_HTML=<folder>
-tests an existing build, such as _build/html after `make book`). It is served on localhost and
+An incremental rebuild skips unchanged pages and hides a page that fails to execute, and
+without -W a failed execution still exits 0, so the site is built into a fresh folder with -W
+(the `built_site` fixture, tests/conftest.py; SITE_HTML=<folder> tests an existing build, such
+as _build/html after `make book`, instead). Executing every page takes most of the build's time,
+and the budget tests (test_pages.py) have just executed them, each in a fresh kernel. `make test`
+runs this module after them, and the build starts from an execution cache seeded with those
+notebooks (`tests.budgets.seed_cache`): the ones whose code and tutorlib sources are unchanged are
+rendered from it; any other page (and every page when this module runs on its own) is executed
+by the build itself.
+
+The built site is served on localhost and
 driven with Playwright in Debian's headless Chromium (`/usr/bin/chromium`, which `make test`
 installs with apt when run as root; no browser is downloaded). Where Chromium is missing, the
 browser tests skip with a warning; the link, launch-button and notebook checks still run.
@@ -26,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.budgets import ROOT, is_notebook, toc_files
+from tests.budgets import ROOT, book_pages, is_notebook, solution_notebooks, toc_files
 from tests.conftest import Site
 from tests.notebooks import repository, stale
 
@@ -57,10 +67,24 @@ def executable(name: str) -> bool:
 EXECUTABLE = [name for name in toc_files() if executable(name)]
 
 
+def test_book_builds_clean_with_warnings_as_errors(built_site: Site) -> None:
+    assert built_site.returncode == 0, built_site.log
+    html = built_site.html
+    for page in [*book_pages(), *solution_notebooks()]:
+        built = html / page.relative_to(ROOT).with_suffix(".html")
+        assert built.exists(), f"{built} was not built"
+        text = built.read_text()
+        assert "cell_output" in text, f"{page.name} shows no executed output"
+    reports = html / "reports"
+    assert not reports.exists() or not any(reports.iterdir()), "execution reports were written"
+    bibliography = (html / "book" / "bibliography.html").read_text()
+    assert "Attention is all you need" in bibliography  # plain style lowercases titles
+
+
 @pytest.fixture(scope="module")
 def site(built_site: Site) -> Path:
     if built_site.returncode != 0:
-        pytest.fail("the site did not build (see test_book):\n" + built_site.log[-3000:])
+        pytest.fail("the site did not build (see the test above):\n" + built_site.log[-3000:])
     return built_site.html
 
 
