@@ -34,10 +34,12 @@ $(STAMP): requirements.txt pyproject.toml
 ## runs again when tutorlib or the lock changed. It ends with a table of each page's execution
 ## time, written by the build (book/_ext/course_site.py) to _build/execution-times.txt.
 ## Sphinx rebuilds incrementally (an unchanged rebuild re-reads nothing) only after a build that
-## succeeded with -W: after a failed build, or when the cache was cleared, everything is read
-## again, so that a failed page cannot hide behind a stale page.
+## succeeded with -W: after a failed build, when the cache was cleared, or when the course's
+## Sphinx extension (book/_ext, which Sphinx does not track) changed, everything is read again,
+## so that a failed page cannot hide behind a stale page.
 book: $(STAMP) $(CACHE)/.sources
-	@test -f _build/.book-ok || rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	@test -f _build/.book-ok -a -z "$$(find book/_ext -newer _build/.book-ok -name '*.py' 2>/dev/null)" || \
+	  rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	rm -f _build/.book-ok
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@touch _build/.book-ok
