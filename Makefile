@@ -62,15 +62,16 @@ $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
 ## page in Chromium: one worker builds and browses the site (one module, so one build: --dist
 ## loadscope keeps a module on one worker) while the other runs the instructors' page's
 ## commands; neither has a time budget.
+HOSTILE_TESTS := tests/test_autograde.py
 SITE_TESTS := tests/test_instructors.py tests/test_site.py
-SERIAL_TESTS := tests/test_autograde.py $(SITE_TESTS)
+SERIAL_TESTS := $(HOSTILE_TESTS) $(SITE_TESTS)
 
 test: $(STAMP) lint sandbox-tools browser-tools
 	rm -rf _build/executed _build/test-artifacts
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
 	  --nbval --nbval-current-env -m "not quiet" $(addprefix --deselect ,$(SERIAL_TESTS))
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -m quiet tests/test_pages.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_autograde.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(HOSTILE_TESTS)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
 	  $(SITE_TESTS)
 

@@ -1,9 +1,10 @@
 """The grading pipeline, through the real nbgrader.
 
 1. exercises/ is exactly what `nbgrader generate_assignment` makes of solutions/.
-2. A round trip per assignment on a temporary course: students submit the solution, the
-   untouched exercise, a typical mistake and (Chapter 1) a cell that loops forever; nbgrader
-   autogrades them and writes feedback; the scores are read back from nbgrader's gradebook.
+2. A round trip per assignment, on the same temporary course (generated once, shared with 1):
+   students submit the solution, the untouched exercise, a typical mistake and (Chapter 1) a
+   cell that loops forever; nbgrader autogrades them and writes feedback; the scores are read
+   back from nbgrader's gradebook.
 """
 
 from __future__ import annotations
