@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +16,42 @@ import torch
 matplotlib.use("Agg")
 
 
+# The hidden tests draw their inputs from a seed (tutorlib.checks.draw); these tests fix it, and
+# the ones that matter run under several, as a class of submissions would be graded.
+HIDDEN_SEEDS = ("course-a", "course-b", "course-c", "course-d", "course-e")
+
+
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed() -> Iterator[None]:
+    from tutorlib.checks import draw
+
     torch.manual_seed(0)
+    previous = draw._SEED
+    draw._use_seed("tests")
+    yield
+    draw._use_seed(previous)
 
 
-def expect_hint(check, candidate, hint: str, hidden: bool = True) -> None:
-    """`check(candidate)` fails with a message that contains `hint`."""
-    from tutorlib.checks import ExerciseError
+def expect_hint(check, candidate, hint: str, hidden: bool = True, seeds=HIDDEN_SEEDS) -> None:
+    """`check(candidate)` fails with a message that contains `hint`, whatever the hidden tests
+    draw (under each of `seeds`)."""
+    from tutorlib.checks import ExerciseError, draw
 
-    with pytest.raises(ExerciseError) as error:
-        check(candidate, hidden=hidden)
-    assert hint in str(error.value), str(error.value)
+    for seed in seeds if hidden else ["visible"]:
+        draw._use_seed(seed)
+        with pytest.raises(ExerciseError) as error:
+            check(candidate, hidden=hidden)
+        assert hint in str(error.value), f"seed {seed}: {error.value}"
+
+
+def expect_pass(check, candidate, seeds=HIDDEN_SEEDS) -> None:
+    """`check(candidate)` passes the visible tests and, under each of `seeds`, the hidden ones."""
+    from tutorlib.checks import draw
+
+    check(candidate, hidden=False)
+    for seed in seeds:
+        draw._use_seed(seed)
+        check(candidate, hidden=True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""Answers that pass the visible tests and fail the hidden ones: each answer of a solution
+notebook, wrapped so that its result is slightly off while hidden tests run.
+
+The feedback tests use them twice: in-process (tests/test_checks.py: a failed hidden test's
+error holds no expected value) and graded by nbgrader (tests/test_redteam.py: the feedback HTML
+shows no hidden test source and no value the reference computed).
+"""
+
+from __future__ import annotations
+
+import ast
+
+# Defined once in the submission, before the first answer; wraps the answers after each cell.
+WRAPPER = '''
+import functools as _functools
+
+import torch as _torch
+from tutorlib.checks import in_hidden_tests as _in_hidden_tests
+
+
+def _off(value):
+    """value, slightly wrong."""
+    if isinstance(value, _torch.Tensor):
+        if value.dtype == _torch.bool:
+            return ~value
+        if value.is_floating_point():
+            return value * 1.01 + 0.013
+        return value + 1
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 7
+    if isinstance(value, float):
+        return value * 1.01 + 0.013
+    if isinstance(value, tuple):
+        return (_off(value[0]), *value[1:]) if value else (1, 2)
+    if isinstance(value, list):
+        return [*value, value[-1]] if value else [0]
+    if isinstance(value, dict):
+        key = sorted(value)[0]
+        return {**value, key: _off(value[key])}
+    if value is None:
+        return (0, 0)
+    return value
+
+
+def _hidden_only(answer):
+    """`answer` as it is for the visible tests, slightly wrong for the hidden ones."""
+    if isinstance(answer, type):
+        forward = answer.forward
+
+        def off_forward(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            return _off(out) if _in_hidden_tests() else out
+
+        return type(answer.__name__, (answer,), {"forward": off_forward})
+
+    @_functools.wraps(answer)
+    def off(*args, **kwargs):
+        out = answer(*args, **kwargs)
+        if not _in_hidden_tests():
+            return out
+        if out is None:  # an answer that works in place: its tensors' gradients
+            for arg in args:
+                for p in getattr(arg, "parameters", lambda: [])():
+                    if p.grad is not None:
+                        p.grad.mul_(1.01)
+            return out
+        return _off(out)
+
+    return off
+'''
+
+
+def defined_names(source: str) -> list[str]:
+    """The functions and classes an answer cell defines at its top level."""
+    tree = ast.parse(source)
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+
+
+def hidden_only(source: str, first: bool) -> str:
+    """An answer cell's `source`, its answers wrapped by `_hidden_only` (the first answer cell
+    also defines the wrapper)."""
+    names = defined_names(source)
+    wraps = "".join(f"\n{name} = _hidden_only({name})" for name in names)
+    return (WRAPPER if first else "") + "\n" + source + "\n" + wraps + "\n"
