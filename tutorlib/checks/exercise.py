@@ -152,6 +152,7 @@ class Exercise:
         mutates: bool = False,
         plain: bool = True,
         shapes: Iterable[tuple[int, int]] = (),
+        hints: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
         """The learner's `fn(*args, **kwargs)`, run quietly under the exercise's guard.
@@ -160,6 +161,8 @@ class Exercise:
             mutates: the function may change its tensor inputs (a training step).
             plain: its result must be plain tensors and Python values (False for a class).
             shapes: matrix shapes (last two dimensions) no intermediate result may have.
+            hints: when the learner's code raises, a fragment of its message ("cannot be
+                multiplied") -> the likely mistake behind it.
 
         Raises `ExerciseError` when it fails, runs something forbidden, changes its inputs or
         returns something that is not plain.
@@ -181,7 +184,13 @@ class Exercise:
                     likely=False,
                 )
             except Exception as error:  # noqa: BLE001 - whatever the learner's code raises
-                failure = ExerciseError(f"{self.name} raised {type(error).__name__}: {error}"[:600])
+                said = str(error)
+                hint = next(
+                    (h for part, h in (hints or {}).items() if part.lower() in said.lower()), None
+                )
+                failure = ExerciseError(
+                    f"{self.name} raised {type(error).__name__}: {said[:500]}", hint=hint
+                )
                 failure.__cause__ = None if self.hidden else error
             finally:
                 torch.set_grad_enabled(grad_mode)

@@ -308,6 +308,12 @@ def check_layer_norm(fn: Callable[..., Tensor], hidden: bool = False) -> None:
 FF_FORBIDDEN = Forbidden(python=(layers.FeedForward, nn.TransformerEncoderLayer._ff_block))
 
 
+FF_ERRORS = {
+    "cannot be multiplied": "nn.Linear stores its weight as (out_features, in_features): "
+    "compute x @ w1.T, not x @ w1."
+}
+
+
 def _ff_weights(draw: Draw, C: int, d_ff: int) -> tuple[Tensor, ...]:
     return (
         draw.normal(d_ff, C, scale=C**-0.5),
@@ -340,7 +346,7 @@ def _ff_hidden(draw: Draw) -> list[tuple[Tensor, ...]]:
 def _check_ff_case(
     ex: Exercise, fn: Callable, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
 ) -> None:
-    out = ex.call(fn, x, w1, b1, w2, b2)
+    out = ex.call(fn, x, w1, b1, w2, b2, hints=FF_ERRORS)
     expected = _linear(_relu(_linear(x, w1, b1)), w2, b2)
     xd = x.detach()
     expect_close(

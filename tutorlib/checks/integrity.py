@@ -37,12 +37,20 @@ __all__ = ["report_ok", "tampered", "verify_intact", "watch_module"]
 _MISSING = object()
 
 
+# Builtins that interactive shells rebind themselves (ipykernel swaps `input` for every cell).
+_SHELL_BUILTINS = frozenset(
+    "_ __ ___ input exit quit help copyright credits license display get_ipython".split()
+)
+
+
 def _callables(owner: Any) -> dict[str, Any]:
     """The callable attributes of a module or class (its own `__dict__`), by name."""
+    skip = _SHELL_BUILTINS if owner is builtins else ()
     return {
         name: value
         for name, value in vars(owner).items()
-        if callable(value) or isinstance(value, staticmethod | classmethod | property)
+        if (callable(value) or isinstance(value, staticmethod | classmethod | property))
+        and name not in skip
     }
 
 
