@@ -252,8 +252,9 @@ def test_a_reloaded_module_is_refused_and_counts_as_tampering() -> None:
     try:
         reloaded = importlib.reload(layers).layer_norm
         cheat = lambda x, w, b, eps=1e-5: reloaded(x, x.shape[-1:], w, b, eps)  # noqa: E731
-        expect_hint(checks.check_layer_norm, cheat, "Not allowed", hidden=False)
-        assert "tutorlib.layers.layer_norm" in tampered()  # reload rebinds its functions
+        # reload rebinds the module's functions: the check stops before it runs anything
+        expect_hint(checks.check_layer_norm, cheat, "testing machinery was changed", hidden=False)
+        assert "tutorlib.layers.layer_norm" in tampered()
     finally:
         vars(layers).update(saved)
     assert tampered() == []

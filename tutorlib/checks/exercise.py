@@ -41,7 +41,7 @@ from tutorlib.checks.compare import expect_close
 from tutorlib.checks.draw import Draw, hidden_draw
 from tutorlib.checks.errors import _HIDDEN, ExerciseError
 from tutorlib.checks.guard import Forbidden, Stopped, Watch, guarded
-from tutorlib.checks.integrity import report_ok
+from tutorlib.checks.integrity import report_ok, verify_intact
 
 __all__ = ["FORBIDDEN_PREFIX", "Exercise", "quiet"]
 
@@ -130,6 +130,7 @@ class Exercise:
 
     def __enter__(self) -> Exercise:
         self._token = _HIDDEN.set(self.hidden)
+        verify_intact()  # a patch made by an earlier cell would change the reference too
         return self
 
     def __exit__(
@@ -195,6 +196,7 @@ class Exercise:
             finally:
                 torch.set_grad_enabled(grad_mode)
                 torch.set_default_dtype(dtype)
+        verify_intact()  # before anything is compared: a patch changes the reference too
         if violations:
             raise ExerciseError(
                 f"{FORBIDDEN_PREFIX} your {self.name} called {violations[0]}",
