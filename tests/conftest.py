@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pytest
@@ -78,3 +80,94 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     result = subprocess.run([*command, "--keep-going"], capture_output=True, text=True)
     log = result.stdout[-6000:] + result.stderr[-6000:]
     return Site(out / "_build" / "html", result.returncode, log)
+
+
+@dataclass(frozen=True)
+class GradedClass:
+    """A temporary course where every assignment was released, handed in by a class of students
+    (the round trips' students, the red team, and a student whose every answer is right only
+    for the visible tests) and graded by the course's grader, then given feedback."""
+
+    course: Path
+    students: dict[str, dict[str, Any]]  # assignment -> student -> what they submitted
+    scores: dict[tuple[str, str], dict[str, float | None]]  # (assignment, student) -> auto scores
+    manual: dict[tuple[str, str], set[str]]  # (assignment, student) -> cells waiting for a person
+    points: dict[str, dict[str, float]]  # assignment -> grade_id -> points
+    seconds: dict[str, float]  # assignment -> wall time of grading it
+    notebooks: dict[str, int]  # assignment -> notebooks graded (executed)
+
+
+CELL_TIMEOUT = 10  # seconds per cell while grading the class (the course's config says 30)
+PROBE = """
+import sys
+
+_error = getattr(sys, "last_value", None)  # what a later cell can read of the last failure
+print("PROBE", repr(_error), vars(_error) if _error is not None else None)
+print("PROBE", repr(getattr(_error, "__cause__", None)), repr(getattr(_error, "__context__", None)))
+"""
+
+
+@pytest.fixture(scope="session")
+def graded_class(tmp_path_factory: pytest.TempPathFactory) -> GradedClass:
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    from tests.grading import ASSIGNMENTS, generate, nbgrader, new_course
+    from tests.redteam import CASES
+    from tests.submissions import ROUND_TRIPS, hidden_only_changes, submit, submit_notebook
+    from tutorlib.checks.autograde import class_report, grade_class
+
+    course = new_course(tmp_path_factory.mktemp("class"))
+    generate(course)
+    students: dict[str, dict[str, Any]] = {}
+    seconds, notebooks = {}, {}
+    for assignment in ASSIGNMENTS:
+        plan = ROUND_TRIPS[assignment]
+        plans = {
+            "solution": {},
+            "untouched": None,
+            "mistake": {plan.mistake_notebook: plan.mistake},
+            "feedback": hidden_only_changes(assignment),
+        }
+        if plan.loops:
+            plans["loops"] = plan.loops
+        if plan.hidden_only:
+            plans["hidden_only"] = {plan.mistake_notebook: plan.hidden_only}
+        if plan.tamper:
+            plans["tamper"] = {plan.mistake_notebook: plan.tamper}
+        for student, changes in plans.items():
+            submit(course, assignment, student, changes)
+        for path in (course / "submitted" / "feedback" / assignment).glob("*.ipynb"):
+            nb = nbformat.read(path, as_version=4)  # a probe after every test cell
+            probed = []
+            for cell in nb.cells:
+                probed.append(cell)
+                if cell.metadata.get("nbgrader", {}).get("grade") and cell.cell_type == "code":
+                    probed.append(nbformat.v4.new_code_cell(PROBE))
+            nb.cells = probed
+            nbformat.write(nb, path)
+        for case in CASES.get(assignment, []):
+            submit_notebook(course, assignment, case.student, case.notebook, case.answers)
+            plans[case.student] = case
+        students[assignment] = plans
+        start = time.perf_counter()
+        outcomes = grade_class(
+            assignment, course, workers=2, batch=8, timeout=CELL_TIMEOUT, progress=False
+        )
+        seconds[assignment] = time.perf_counter() - start
+        assert all(o.status == "graded" for o in outcomes), [o for o in outcomes if o.log]
+        class_report(assignment, course, outcomes)
+        nbgrader("generate_feedback", assignment, "--force", cwd=course)
+        notebooks[assignment] = len(list(course.glob(f"submitted/*/{assignment}/*.ipynb")))
+    scores, manual, points = {}, {}, {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for assignment, plans in students.items():
+            for student in plans:
+                submission = gradebook.find_submission(assignment, student)
+                grades = [g for notebook in submission.notebooks for g in notebook.grades]
+                scores[assignment, student] = {g.name: g.auto_score for g in grades}
+                manual[assignment, student] = {
+                    g.name for g in grades if g.needs_manual_grade and g.name.startswith("test_")
+                }
+                points[assignment] = {g.name: g.max_score for g in grades}
+    return GradedClass(course, students, scores, manual, points, seconds, notebooks)

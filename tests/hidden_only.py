@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 
+import torch
+
 # Defined once in the submission, before the first answer; wraps the answers after each cell.
 WRAPPER = '''
 import functools as _functools
@@ -84,3 +86,40 @@ def hidden_only(source: str, first: bool) -> str:
     names = defined_names(source)
     wraps = "".join(f"\n{name} = _hidden_only({name})" for name in names)
     return (WRAPPER if first else "") + "\n" + source + "\n" + wraps + "\n"
+
+
+def _significant(text: str) -> int:
+    """Significant digits of a number as written: "0.0120" has 2, "1.0000" 1, "3.417" 4."""
+    mantissa = text.lower().split("e")[0].lstrip("-").replace(".", "")
+    return len(mantissa.strip("0"))
+
+
+def renderings(value) -> set[str]:
+    """How a value the reference computed could appear in a message: numbers with 3 or more
+    significant digits, as Python, f-strings and torch print them; lists of several ints."""
+    found: set[str] = set()
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().double().flatten()
+        if value.is_floating_point():
+            for v in flat[:64].tolist():
+                found |= renderings(float(v))
+        elif 2 <= value.numel() <= 64:
+            found.add(str(value.tolist()))
+        return found
+    if isinstance(value, bool) or value is None:
+        return found
+    if isinstance(value, int):
+        return {str(value), f"{value:,}"} if abs(value) >= 100 else found
+    if isinstance(value, float):
+        if not torch.isfinite(torch.tensor(value)):
+            return found
+        texts = {f"{value:.6g}", f"{value:.4g}", f"{value:.4f}", f"{value:.3g}", repr(value)}
+        return {t for t in texts if _significant(t) >= 3}  # 0, 1, 0.5: too common to search
+    if isinstance(value, list | tuple):
+        if len(value) >= 2 and all(isinstance(v, int) for v in value):
+            found.add(str(list(value)))
+        for v in value:
+            found |= renderings(v)
+    if isinstance(value, str) and len(value) > 4:
+        found.add(value)
+    return found

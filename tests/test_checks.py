@@ -19,7 +19,7 @@ import torch
 
 from tests.conftest import HIDDEN_SEEDS
 from tests.grading import SOLUTIONS
-from tests.hidden_only import WRAPPER, defined_names
+from tests.hidden_only import WRAPPER, defined_names, renderings
 from tutorlib.checks import ExerciseError, draw, errors
 
 
@@ -58,8 +58,8 @@ def _notebook(notebook: str, grade_id: str) -> tuple[dict, str, list[str]]:
 
 def _run(test: str, namespace: dict) -> str:
     """Run a test cell's source; returns what it printed."""
-    from io import StringIO
     from contextlib import redirect_stdout
+    from io import StringIO
 
     out = StringIO()
     with redirect_stdout(out):
@@ -134,43 +134,6 @@ def test_a_broken_answer_fails_with_a_message(notebook: str, grade_id: str, brok
     assert str(error.value).strip()
 
 
-def _significant(text: str) -> int:
-    """Significant digits of a number as written: "0.0120" has 2, "1.0000" 1, "3.417" 4."""
-    mantissa = text.lower().split("e")[0].lstrip("-").replace(".", "")
-    return len(mantissa.strip("0"))
-
-
-def _renderings(value) -> set[str]:
-    """How a value the reference computed could appear in a message: numbers with 3 or more
-    significant digits, as Python, f-strings and torch print them; lists of several ints."""
-    found: set[str] = set()
-    if isinstance(value, torch.Tensor):
-        flat = value.detach().double().flatten()
-        if value.is_floating_point():
-            for v in flat[:64].tolist():
-                found |= _renderings(float(v))
-        elif 2 <= value.numel() <= 64:
-            found.add(str(value.tolist()))
-        return found
-    if isinstance(value, bool) or value is None:
-        return found
-    if isinstance(value, int):
-        return {str(value), f"{value:,}"} if abs(value) >= 100 else found
-    if isinstance(value, float):
-        if not torch.isfinite(torch.tensor(value)):
-            return found
-        texts = {f"{value:.6g}", f"{value:.4g}", f"{value:.4f}", f"{value:.3g}", repr(value)}
-        return {t for t in texts if _significant(t) >= 3}  # 0, 1, 0.5: too common to search
-    if isinstance(value, list | tuple):
-        if len(value) >= 2 and all(isinstance(v, int) for v in value):
-            found.add(str(list(value)))
-        for v in value:
-            found |= _renderings(v)
-    if isinstance(value, str) and len(value) > 4:
-        found.add(value)
-    return found
-
-
 @pytest.mark.parametrize("notebook, grade_id", GRADED)
 def test_a_failed_hidden_test_keeps_no_expected_value(notebook: str, grade_id: str) -> None:
     namespace, test, tested = _notebook(notebook, grade_id)
@@ -188,7 +151,7 @@ def test_a_failed_hidden_test_keeps_no_expected_value(notebook: str, grade_id: s
     assert error.value.expected is None
     assert recorded, "the hidden test compared nothing"
     message = str(error.value)
-    leaks = {r for value in recorded for r in _renderings(value) if r in message}
+    leaks = {r for value in recorded for r in renderings(value) if r in message}
     assert not leaks, f"{message!r} shows values the reference computed: {leaks}"
     # what a later cell could read: sys.last_value's chain and its frames' locals
     assert error.value.__cause__ is None and error.value.__context__ is None
