@@ -334,3 +334,30 @@ def test_an_unreadable_notebook_is_set_aside_not_deleted(tmp_path: Path) -> None
     (aside,) = set_aside_unreadable(tmp_path, "a1", "bob")
     assert aside.startswith("bad.ipynb set aside as unreadable")
     assert sorted(p.name for p in folder.iterdir()) == ["bad.ipynb.unreadable", "good.ipynb"]
+
+
+def test_grading_an_assignment_the_gradebook_does_not_know_says_what_to_run(
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    course = new_course(tmp_path / "course")
+    folder = course / "submitted" / "alice" / ASSIGNMENT
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), folder / f"{NOTEBOOK}.ipynb")
+    command = [
+        sys.executable,
+        "-m",
+        "tutorlib.checks.autograde",
+        ASSIGNMENT,
+        "--course",
+        str(course),
+    ]
+    for step in ("no gradebook", "a gradebook without it"):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 2, (step, result.stderr)
+        assert f"nbgrader generate_assignment {ASSIGNMENT}" in result.stderr, result.stderr
+        assert "Nothing was graded" in result.stderr and "Traceback" not in result.stderr
+        assert not (course / "autograded").exists()
+        if step == "no gradebook":
+            generate(course, ["02_attention"])  # another assignment only
