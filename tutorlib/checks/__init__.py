@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from tutorlib.checks.compare import as_int, expect_close, expect_equal, expect_state_dict
 from tutorlib.checks.draw import Draw, hidden_draw, random_tensor
-from tutorlib.checks.errors import ExerciseError, in_hidden_tests
+from tutorlib.checks.errors import ExerciseError, in_hidden_tests, record_reference
 from tutorlib.checks.exercise import FORBIDDEN_PREFIX, Exercise, quiet
 from tutorlib.checks.guard import Forbidden, handed_over
 from tutorlib.checks.integrity import report_ok, tampered, verify_intact, watch_module
@@ -45,6 +45,7 @@ __all__ = [
     "in_hidden_tests",
     "quiet",
     "random_tensor",
+    "record_reference",
     "report_ok",
     "tampered",
     "verify_intact",

@@ -138,6 +138,7 @@ def expect_close(
             likely=False,
         )
     diff = (actual.double() - expected.double()).abs().nan_to_num(float("inf"))
+    diff = diff.masked_fill(actual.double() == expected.double(), 0.0)  # equal infinities
     index = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
     where = f" at index {index}" if index else ""
     raise ExerciseError(
@@ -147,7 +148,15 @@ def expect_close(
     )
 
 
+def _named(hints: list[str]) -> str | None:
+    """One hint, or all of them when the inputs cannot tell the mistakes apart."""
+    if len(hints) > 1:
+        return "one of these. " + " Or: ".join(hints)
+    return hints[0] if hints else None
+
+
 def _tensor_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor) -> str | None:
+    hints = []
     for hint, mistake in (mistakes or {}).items():
         wrong = _value(mistake)
         if not _is_tensor(wrong) or wrong.shape != actual.shape or _equal(wrong.cpu(), expected):
@@ -155,8 +164,8 @@ def _tensor_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor)
         if actual.is_floating_point() and not wrong.is_floating_point():
             continue
         if _equal(actual.to(wrong.dtype), wrong.cpu()):
-            return hint
-    return None
+            hints.append(hint)
+    return _named(hints)
 
 
 def expect_equal(
@@ -206,9 +215,7 @@ def expect_equal(
         wrong = _value(mistake)
         if wrong != expected and type(actual) is type(wrong) and actual == wrong:
             hints.append(hint)
-    if len(hints) > 1:  # these sizes cannot tell the mistakes apart: name them all
-        hints = ["one of these. " + " Or: ".join(hints)]
-    hint = hints[0] if hints else None
+    hint = _named(hints)  # several when these inputs cannot tell the mistakes apart
     raise ExerciseError(
         f"{what} is not right", got=actual, expected=None if hint else expected, hint=hint
     )

@@ -60,6 +60,22 @@ def _name(owner: Any) -> str:
     return f"{owner.__module__}.{owner.__qualname__}"
 
 
+def _dynamo_wrapper_code() -> Any:
+    """The code of the wrapper torch puts around some of its functions when torch._dynamo is
+    imported (a Hugging Face model imports it): `torch.manual_seed` becomes such a wrapper."""
+    return torch._disable_dynamo(lambda: None).__code__
+
+
+_DYNAMO_WRAPPER = _dynamo_wrapper_code()
+
+
+def _same(now: Any, saved: Any) -> bool:
+    """`now` is `saved`, or torch's own dynamo wrapper around it (which only calls it)."""
+    if now is saved:
+        return True
+    return getattr(now, "__code__", None) is _DYNAMO_WRAPPER and now.__wrapped__ is saved
+
+
 # owner (a module or a class) -> its callables when the checks were imported
 _SNAPSHOT: dict[int, tuple[Any, dict[str, Any]]] = {}
 
@@ -110,7 +126,7 @@ def tampered() -> list[str]:
     for owner, saved in _SNAPSHOT.values():
         now = vars(owner)
         changed += [
-            f"{_name(owner)}.{k}" for k, v in saved.items() if now.get(k, _MISSING) is not v
+            f"{_name(owner)}.{k}" for k, v in saved.items() if not _same(now.get(k, _MISSING), v)
         ]
         if isinstance(owner, type):
             added = [k for k, v in now.items() if k not in saved and callable(v)]
