@@ -60,7 +60,8 @@ def test_an_error_whose_message_could_quote_anything_keeps_no_message(ename: str
     )
     (error,) = cell.outputs
     assert "0.1904" not in str(error) and error.ename == ename
-    assert error.traceback == [f"{ename}: (the details are not shown: this cell holds hidden tests)"]
+    hidden = "(the details are not shown: this cell holds hidden tests)"
+    assert error.traceback == [f"{ename}: {hidden}"]
 
 
 def test_the_safe_errors_are_the_checks_own_and_pythons_for_an_unfinished_answer() -> None:

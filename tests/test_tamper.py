@@ -44,7 +44,9 @@ HOSTILE = {
     "runpy": "import runpy\nm = runpy.run_path(tutorlib.layers.__file__)",
     "reload": "import importlib\nimportlib.reload(tutorlib.layers)",
     "frames": "import sys\nf = sys._getframe(1).f_locals",
-    "traceback frames": "try:\n    1 / 0\nexcept Exception as e:\n    f = e.__traceback__.tb_frame.f_back",
+    "traceback frames": (
+        "try:\n    1 / 0\nexcept Exception as e:\n    f = e.__traceback__.tb_frame.f_back"
+    ),
     "last error": "import sys\nprint(sys.last_value.__dict__)",
     "environment": "import os\nseed = os.environ['TUTORLIB_HIDDEN_SEED']",
     "profiler": "import sys\nsys.setprofile(None)",
