@@ -63,9 +63,13 @@ def _as_reals(actual: Any, expected: Tensor, what: str) -> Tensor:
 
 def first_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor, atol, rtol):
     """The hint of the mistake whose value is nearest to `actual`, among those `actual`
-    matches (within a tolerance looser than the pass/fail test's, so that a mistake is
-    recognised when a detail such as float32 rounding differs too) and that differ from the
-    expected value."""
+    matches within (`atol`, `rtol`), a tolerance looser than the pass/fail test's, so that a
+    mistake is recognised when a detail such as float32 rounding differs too. A mistake is
+    named only when `actual` is at least ten times nearer to it than to the expected value:
+    a right answer that is slightly off is not told it made a mistake whose value happens to
+    lie near the right one."""
+    off = (actual.double() - expected.double()).abs().nan_to_num(float("inf"))
+    off = float(off.max()) if actual.numel() else 0.0
     best, best_distance = None, float("inf")
     for hint, mistake in (mistakes or {}).items():
         wrong = _value(mistake)
@@ -75,14 +79,19 @@ def first_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor, a
             continue
         if not _close(actual, wrong, atol, rtol):
             continue
-        distance = (
-            float((actual.double() - wrong.double()).abs().nan_to_num(0).max())
-            if actual.numel()
-            else 0.0
-        )
-        if distance < best_distance:
+        gap = (actual.double() - wrong.double()).abs().nan_to_num(0)
+        distance = float(gap.max()) if actual.numel() else 0.0
+        if 10 * distance <= off and distance < best_distance:
             best, best_distance = hint, distance
     return best
+
+
+def _loose_atol(atol: float, expected: Tensor) -> float:
+    """The absolute tolerance for recognising a mistake: 1e-4, scaled down for values far
+    smaller than 1 (learning rates of 1e-4 would otherwise match any mistake)."""
+    finite = expected[torch.isfinite(expected)] if expected.is_floating_point() else expected
+    scale = float(finite.abs().max()) if finite.numel() else 1.0
+    return max(atol, 1e-4 * min(1.0, scale))
 
 
 def expect_close(
@@ -128,7 +137,7 @@ def expect_close(
         actual = actual.to(expected.dtype)
     if _close(actual.to(expected.dtype), expected, atol, rtol):
         return
-    hint = first_mistake(actual, mistakes, expected, max(atol, 1e-4), max(rtol, 1e-3))
+    hint = first_mistake(actual, mistakes, expected, _loose_atol(atol, expected), max(rtol, 1e-3))
     if hint is not None:
         raise ExerciseError(f"{what} is not right", hint=hint)
     if not bool(_isfinite(actual).all()) and bool(_isfinite(expected).all()):
