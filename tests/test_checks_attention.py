@@ -345,11 +345,7 @@ def test_mask_cheats_are_refused() -> None:
 
 
 def test_torchs_causal_bias_is_refused_once_loaded() -> None:
-    saved = torch.manual_seed
-    try:
-        from torch.nn.attention.bias import causal_lower_right  # imports torch._dynamo
-    finally:
-        torch.manual_seed = saved  # which wraps torch.manual_seed: the checks would refuse
+    from torch.nn.attention.bias import causal_lower_right  # imports torch._dynamo
 
     def bias(T):
         return causal_lower_right(T, T)._materialize()

@@ -789,16 +789,6 @@ def test_beam_step_refuses_the_reference() -> None:
 # --- 7. BERT's layer --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hugging_face_models():
-    """Importing Hugging Face's model modules imports torch._dynamo, which rebinds
-    torch.manual_seed (to a wrapper around it); the checks' integrity snapshot would then call
-    every later check's kernel tampered. Put it back after the test."""
-    saved = torch.manual_seed
-    yield
-    torch.manual_seed = saved
-
-
 def _hf_bert_layer(C: int, H: int, d_ff: int):
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertLayer
@@ -815,7 +805,7 @@ def _hf_bert_layer(C: int, H: int, d_ff: int):
 
 
 @pytest.mark.parametrize("C, H, d_ff", [(8, 2, 12), (12, 3, 20), (6, 1, 10)])
-def test_bert_reference_is_hugging_faces_bert_layer(C, H, d_ff, hugging_face_models) -> None:
+def test_bert_reference_is_hugging_faces_bert_layer(C, H, d_ff) -> None:
     layer = _hf_bert_layer(C, H, d_ff)
     weights = checks._bert_layer_weights(C, d_ff, seed=5)
     expected_shapes = {name: tuple(t.shape) for name, t in layer.state_dict().items()}
@@ -958,7 +948,7 @@ def test_bert_refuses_tutorlibs_converter() -> None:
 
 
 @pytest.mark.parametrize("C, H", [(8, 2), (12, 3), (5, 1)])
-def test_gpt2_reference_is_hugging_faces_attention(C, H, hugging_face_models) -> None:
+def test_gpt2_reference_is_hugging_faces_attention(C, H) -> None:
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 

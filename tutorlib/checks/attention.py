@@ -304,10 +304,6 @@ MASK_FORBIDDEN = Forbidden(
 COMBINE_FORBIDDEN = Forbidden(python=(attention.MultiHeadAttention,))
 
 MASK_DTYPE = "a mask is boolean (True = may attend): compare with <= or >=, or call .bool()."
-# A mask check's frame outlives a failure (it holds the `with Exercise` block), and a failed
-# mask comparison records a reference element, True or False: the same objects as a `hidden`
-# argument. The mask checks drop that argument once the Exercise holds it, so that no value
-# in their frames is one the reference computed, not even by identity.
 
 
 def _mask_forbidden() -> Forbidden:
@@ -348,8 +344,7 @@ def _check_causal_case(ex: Exercise, fn: Callable, T: int) -> None:
 def check_causal_mask(fn: Callable[[int], Tensor], hidden: bool = False) -> None:
     """Learner's `causal_mask(T) -> (T, T)` bool, True where query t may attend to key s <= t."""
     with Exercise("causal_mask", hidden, _mask_forbidden()) as ex:
-        del hidden  # see MASK_DTYPE
-        if ex.hidden:
+        if hidden:
             d = ex.draw
             sizes = [d.integer(2, 9), d.integer(10, 64), 1]
         else:
@@ -390,8 +385,7 @@ def _check_window_case(ex: Exercise, fn: Callable, T: int, w: int) -> None:
 def check_sliding_window_mask(fn: Callable[[int, int], Tensor], hidden: bool = False) -> None:
     """Learner's `sliding_window_mask(T, window)`: t may attend to s in [t - window + 1, t]."""
     with Exercise("sliding_window_mask", hidden, _mask_forbidden()) as ex:
-        del hidden  # see MASK_DTYPE
-        if ex.hidden:
+        if hidden:
             d = ex.draw
             w = d.integer(2, 6)  # 2 <= window < T - 1: every mistake differs
             T_big = d.integer(20, 48)
@@ -478,8 +472,7 @@ def _check_combine_case(ex: Exercise, fn: Callable, attn_mask: Tensor, pad: Tens
 def check_combine_masks(fn: Callable[[Tensor, Tensor], Tensor], hidden: bool = False) -> None:
     """Learner's `combine_masks(attn_mask (T, S), padding_mask (B, S)) -> (B, 1, T, S)`."""
     with Exercise("combine_masks", hidden, _mask_forbidden() + COMBINE_FORBIDDEN) as ex:
-        del hidden  # see MASK_DTYPE
-        if ex.hidden:
+        if hidden:
             cases = _combine_hidden(ex.draw)
         else:
             cases = [(_causal(4), attention.padding_mask(torch.tensor([3, 2, 4]), 4))]

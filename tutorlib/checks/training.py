@@ -113,19 +113,12 @@ def _expect_close(
 
 
 def _optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimizer:
-    """A torch optimizer. The first one a kernel creates imports torch._dynamo, which rebinds
-    torch.manual_seed to a wrapper of itself (`__wrapped__` is the original); the original is
-    put back, so that the checks' snapshot of torch still holds."""
-    seed = torch.manual_seed
-    try:
-        if name == "sgd":
-            return _SGD(parameters, lr=lr)
-        if name == "adam":
-            return _Adam(parameters, lr=lr)
-        return _AdamW(parameters, lr=lr, weight_decay=0.01)
-    finally:
-        if torch.manual_seed is not seed and getattr(torch.manual_seed, "__wrapped__", 0) is seed:
-            torch.manual_seed = seed
+    """A torch optimizer by name: "sgd", "adam" or "adamw" (with weight decay 0.01)."""
+    if name == "sgd":
+        return _SGD(parameters, lr=lr)
+    if name == "adam":
+        return _Adam(parameters, lr=lr)
+    return _AdamW(parameters, lr=lr, weight_decay=0.01)
 
 
 def _padded_targets(lengths: list[int], T: int, V: int, seed: int) -> Tensor:
