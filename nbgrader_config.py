@@ -18,6 +18,9 @@ c.CourseDirectory.release_directory = "exercises"
 # ExecutePreprocessor.timeout. Every graded cell runs in seconds; a cell that loops
 # forever is stopped here and scores zero.
 c.Execute.timeout = 30
+# A graded notebook's kernel is stopped as soon as its last cell has run (a graceful shutdown
+# waits about a second per notebook for nothing).
+c.Execute.shutdown_kernel = "immediate"
 
 # What a learner's stub looks like in exercises/.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

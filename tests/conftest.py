@@ -123,20 +123,21 @@ def graded_class(tmp_path_factory: pytest.TempPathFactory) -> GradedClass:
     seconds, notebooks = {}, {}
     for assignment in ASSIGNMENTS:
         plan = ROUND_TRIPS[assignment]
-        plans = {
+        plans: dict[str, Any] = {
             "solution": {},
             "untouched": None,
-            "mistake": {plan.mistake_notebook: plan.mistake},
             "feedback": hidden_only_changes(assignment),
         }
         if plan.loops:
             plans["loops"] = plan.loops
-        if plan.hidden_only:
-            plans["hidden_only"] = {plan.mistake_notebook: plan.hidden_only}
-        if plan.tamper:
-            plans["tamper"] = {plan.mistake_notebook: plan.tamper}
         for student, changes in plans.items():
             submit(course, assignment, student, changes)
+        # students whose round trip is about one notebook hand in that notebook only
+        alone = {"mistake": plan.mistake, "hidden_only": plan.hidden_only, "tamper": plan.tamper}
+        for student, changes in alone.items():
+            if changes:
+                submit_notebook(course, assignment, student, plan.mistake_notebook, changes)
+                plans[student] = {plan.mistake_notebook: changes}
         for path in (course / "submitted" / "feedback" / assignment).glob("*.ipynb"):
             nb = nbformat.read(path, as_version=4)  # a probe after every test cell
             probed = []
@@ -151,13 +152,18 @@ def graded_class(tmp_path_factory: pytest.TempPathFactory) -> GradedClass:
             plans[case.student] = case
         students[assignment] = plans
         start = time.perf_counter()
+        batch = -(-len(plans) // 2)  # one nbgrader run per worker
         outcomes = grade_class(
-            assignment, course, workers=2, batch=8, timeout=CELL_TIMEOUT, progress=False
+            assignment, course, workers=2, batch=batch, timeout=CELL_TIMEOUT, progress=False
         )
         seconds[assignment] = time.perf_counter() - start
         assert all(o.status == "graded" for o in outcomes), [o for o in outcomes if o.log]
         class_report(assignment, course, outcomes)
-        nbgrader("generate_feedback", assignment, "--force", cwd=course)
+        # feedback for the students whose pages are read (the others are judged from the
+        # gradebook and their autograded notebooks): rendering ~100 more pages costs a minute
+        quiet = [c.student for c in CASES.get(assignment, []) if c.kind != "mistake"]
+        exclude = f"--CourseDirectory.student_id_exclude={','.join(quiet)}"
+        nbgrader("generate_feedback", assignment, "--force", exclude, cwd=course)
         notebooks[assignment] = len(list(course.glob(f"submitted/*/{assignment}/*.ipynb")))
     scores, manual, points = {}, {}, {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:

@@ -123,3 +123,24 @@ def renderings(value) -> set[str]:
     if isinstance(value, str) and len(value) > 4:
         found.add(value)
     return found
+
+
+def shows(rendering: str, text: str) -> bool:
+    """Whether `text` shows `rendering` as a number of its own (not inside a longer one: "0.999"
+    is not shown by "0.9999"), or, for a list, at all."""
+    import re
+
+    if rendering.startswith("["):
+        return rendering in text
+    return re.search(rf"(?<![\d.]){re.escape(rendering)}(?![\d])", text) is not None
+
+
+def page_text(path) -> str:
+    """The text a reader sees on an HTML page: no styles, scripts or tags, entities decoded."""
+    import html
+    import re
+    from pathlib import Path
+
+    page = Path(path).read_text()
+    page = re.sub(r"<(style|script)\b.*?</\1>", " ", page, flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))

@@ -184,15 +184,16 @@ def submit(course: Path, assignment: str, student: str, changes: dict | None) ->
 
 
 def submit_notebook(course: Path, assignment: str, student: str, name: str, sources: dict) -> None:
-    """One released notebook of `assignment`, its answer cells replaced by `sources` (grade_id ->
-    source), as `student`'s only submission of that assignment."""
+    """One released notebook of `assignment` with the solution's answers, except those in
+    `sources` (grade_id -> source), as `student`'s only submission of that assignment."""
     folder = course / "submitted" / student / assignment
     folder.mkdir(parents=True, exist_ok=True)
+    replace = {**answers(assignment)[name], **sources}
     nb = nbformat.read(course / "exercises" / assignment / f"{name}.ipynb", as_version=4)
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if grade_id in sources:
-            cell.source = sources[grade_id]
+        if grade_id in replace:
+            cell.source = replace[grade_id]
     nbformat.write(nb, folder / f"{name}.ipynb")
 
 

@@ -47,6 +47,22 @@ def _autograded(points: dict[str, float]) -> list[str]:
     return [gid for gid in points if gid.startswith("test_")]
 
 
+def _graded_in(course, assignment: str, notebook: str) -> list[str]:
+    """The autograded test cells of one notebook of the course."""
+    import nbformat
+
+    cells = nbformat.read(
+        course / "solutions" / assignment / f"{notebook}.ipynb", as_version=4
+    ).cells
+    return [
+        c.metadata["nbgrader"]["grade_id"]
+        for c in cells
+        if c.metadata.get("nbgrader", {}).get("grade")
+        and c.cell_type == "code"
+        and not c.metadata["nbgrader"].get("solution")
+    ]
+
+
 @pytest.fixture(params=ASSIGNMENTS)
 def trip(request: pytest.FixtureRequest, graded_class: GradedClass) -> dict:
     assignment = request.param
@@ -89,7 +105,8 @@ def test_untouched_exercise_gets_zero(trip: dict) -> None:
 def test_typical_mistake_gets_partial_marks_and_a_diagnosis(trip: dict) -> None:
     plan, scores, points = trip["plan"], trip["scores"]["mistake"], trip["points"]
     assert scores[plan.failing_test] == 0
-    others = [gid for gid in _autograded(points) if gid != plan.failing_test]
+    graded = _graded_in(trip["course"], trip["assignment"], plan.mistake_notebook)
+    others = [gid for gid in graded if gid != plan.failing_test]
     assert all(scores[gid] == points[gid] for gid in others), scores
     feedback = trip["course"] / "feedback" / "mistake" / trip["assignment"]
     assert plan.diagnosis in (feedback / f"{plan.mistake_notebook}.html").read_text()

@@ -405,7 +405,7 @@ CASES = [
         {"embed": EMBED_PATCHES_TORCH},
         "patches torch.testing.assert_close",
         lose={
-            "test_embed": "not multiplied by sqrt(d_model)",  # the check's comparison is its own
+            "test_embed": "testing machinery was changed",  # checked right after the call
             "test_layer_norm": "testing machinery was changed",
         },
         flagged=("embed",),

@@ -23,12 +23,37 @@ Book: the exercises of every chapter.
 
 from __future__ import annotations
 
-from tutorlib.checks.compare import as_int, expect_close, expect_equal, expect_state_dict
-from tutorlib.checks.draw import Draw, hidden_draw, random_tensor
-from tutorlib.checks.errors import ExerciseError, in_hidden_tests, record_reference
-from tutorlib.checks.exercise import FORBIDDEN_PREFIX, Exercise, quiet
-from tutorlib.checks.guard import Forbidden, handed_over
-from tutorlib.checks.integrity import report_ok, tampered, verify_intact, watch_module
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tutorlib.checks.compare import as_int, expect_close, expect_equal, expect_state_dict
+    from tutorlib.checks.draw import Draw, hidden_draw, random_tensor
+    from tutorlib.checks.errors import ExerciseError, in_hidden_tests, record_reference
+    from tutorlib.checks.exercise import FORBIDDEN_PREFIX, Exercise, quiet
+    from tutorlib.checks.guard import Forbidden, handed_over
+    from tutorlib.checks.integrity import report_ok, tampered, verify_intact, watch_module
+
+# Where each name of the toolkit lives: imported on first use, so that the grader's processes
+# (nbgrader with the course's configuration) import its modules without torch. A kernel loads
+# them all when its setup cell imports a chapter's checks, before any learner code runs.
+_HOME = {
+    **dict.fromkeys(["as_int", "expect_close", "expect_equal", "expect_state_dict"], "compare"),
+    **dict.fromkeys(["Draw", "hidden_draw", "random_tensor"], "draw"),
+    **dict.fromkeys(["ExerciseError", "in_hidden_tests", "record_reference"], "errors"),
+    **dict.fromkeys(["FORBIDDEN_PREFIX", "Exercise", "quiet"], "exercise"),
+    **dict.fromkeys(["Forbidden", "handed_over"], "guard"),
+    **dict.fromkeys(["report_ok", "tampered", "verify_intact", "watch_module"], "integrity"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"tutorlib.checks.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tutorlib.checks' has no attribute {name!r}")
+
 
 __all__ = [
     "FORBIDDEN_PREFIX",

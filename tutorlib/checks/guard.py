@@ -348,6 +348,7 @@ def guarded(watch: Watch, shapes: Iterable[tuple[int, int]] = ()) -> Iterator[li
     shapes = list(shapes)
     aten = _AtenWatch(violations, shapes) if watch.ops or shapes else contextlib.nullcontext()
     previous = sys.getprofile()
+    previous = previous if callable(previous) else None  # a C profiler (cProfile) stays off
     with _TorchWatch(violations), aten:
         threading.setprofile(thread_started)
         sys.setprofile(hook)
