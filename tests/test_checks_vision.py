@@ -513,7 +513,8 @@ CLAMP_EACH = "clamp the width and the height of the intersection at 0, each"
         ("hull", "encloses both", "encloses both"),
         ("xywh", "not (x, y, width, height)", "not (x, y, width, height)"),
         ("mixed", "the wrong corners", None),  # every worked box has x0 = y0: it passes
-        ("x0x1y0y1", "(x0, x1, y0, y1)", "NaN"),  # zero areas in the worked example
+        # zero areas in the worked example: NaN there, where the mistake gives NaN too
+        ("x0x1y0y1", "(x0, x1, y0, y1)", "(x0, x1, y0, y1)"),
         ("transposed", "the result is (N, M)", "the result is (N, M)"),
     ],
 )

@@ -147,10 +147,6 @@ def layer_norm(x, weight, bias, eps=1e-5):
     return checks._layer_norm(x, x.shape[-1:], weight, bias, eps)
 """
 
-LN_VARIANT_BUILDER = """
-def layer_norm(x, weight, bias, eps=1e-5):
-    return checks._normalize(x, -1, eps) * weight + bias  # "the variant with no mistake"
-"""
 
 LN_ALIAS = """
 from torch.nn.functional import layer_norm as normalise
@@ -328,15 +324,6 @@ CASES = [
         P,
         {"layer_norm": LN_PRIVATE_REFERENCE},
         "the check module's private reference",
-        lose={"test_layer_norm": "Not allowed in this exercise"},
-        flagged=("layer_norm",),
-    ),
-    Case(
-        "variant-builder",
-        "exploit",
-        P,
-        {"layer_norm": LN_VARIANT_BUILDER},
-        "a mistake-variant builder of the checks, called with no mistake",
         lose={"test_layer_norm": "Not allowed in this exercise"},
         flagged=("layer_norm",),
     ),

@@ -169,21 +169,6 @@ def linear_attention(q, k, v):
 
 # --- exploits ---------------------------------------------------------------------------------
 
-ATTENTION_PRIVATE_REFERENCE = """
-def attention(q, k, v, mask=None):
-    return checks._sdpa(q, k, v, mask, need_weights=True)
-"""
-
-ATTENTION_ALIAS = """
-from torch.nn.functional import scaled_dot_product_attention as fused
-
-
-def attention(q, k, v, mask=None):
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return fused(q, k, v, attn_mask=mask), torch.softmax(scores, dim=-1)
-"""
 
 ATTENTION_TORCH_OPS = """
 def attention(q, k, v, mask=None):
@@ -195,36 +180,6 @@ def causal_mask(T):
     return torch.nn.Transformer.generate_square_subsequent_mask(T) == 0
 """
 
-CAUSAL_DECORATED = """
-import functools
-
-import tutorlib.attention
-
-causal_mask = functools.lru_cache(maxsize=None)(tutorlib.attention.causal_mask)
-"""
-
-WINDOW_RUNPY = """
-import runpy
-
-import tutorlib.attention
-
-_fresh = runpy.run_path(tutorlib.attention.__file__)
-
-
-def sliding_window_mask(T, window):
-    return _fresh["sliding_window_mask"](T, window)
-"""
-
-WINDOW_KNOWN_INPUTS = """
-_KNOWN = {}  # the worked examples' answers, and the hidden inputs the course once had
-for _T, _w in [(5, 2), (6, 2), (9, 3), (5, 1), (4, 10), (12, 4)]:
-    _offset = torch.arange(_T)[:, None] - torch.arange(_T)[None, :]
-    _KNOWN[_T, _w] = (_offset >= 0) & (_offset < _w)
-
-
-def sliding_window_mask(T, window):
-    return _KNOWN.get((T, window), torch.zeros(T, T, dtype=torch.bool))
-"""
 
 MHA_CAUSAL_FLAG = """
 def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
@@ -287,13 +242,6 @@ def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
     return checks._mha(x_q, x_kv, (w_q, w_k, w_v, w_o), n_heads, mask)
 """
 
-LINEAR_DECORATED = """
-import functools
-
-import tutorlib.attention
-
-linear_attention = functools.partial(tutorlib.attention.linear_attention, causal=False)
-"""
 
 CASES = [
     Case(
@@ -400,23 +348,6 @@ CASES = [
         },
     ),
     Case(
-        "private-reference",
-        "exploit",
-        S,
-        {"attention": ATTENTION_PRIVATE_REFERENCE},
-        "the check module's private reference",
-        lose={"test_attention": "Not allowed in this exercise"},
-        flagged=("attention",),
-    ),
-    Case(
-        "alias",
-        "exploit",
-        S,
-        {"attention": ATTENTION_ALIAS},
-        "the torch built-in under another name",
-        lose={"test_attention": "Not allowed in this exercise"},
-    ),
-    Case(
         "torch-ops",
         "exploit",
         S,
@@ -433,31 +364,6 @@ CASES = [
         {"causal_mask": CAUSAL_TRANSFORMER},
         "another public function computing the same (nn.Transformer's square subsequent mask)",
         lose={"test_causal_mask": "Not allowed in this exercise"},
-    ),
-    Case(
-        "decorated",
-        "exploit",
-        S,
-        {"causal_mask": CAUSAL_DECORATED},
-        "the reference behind a decorator (functools.lru_cache)",
-        lose={"test_causal_mask": "Not allowed in this exercise"},
-    ),
-    Case(
-        "runpy-copy",
-        "exploit",
-        S,
-        {"sliding_window_mask": WINDOW_RUNPY},
-        "a fresh copy of the tutorlib module (runpy)",
-        lose={"test_sliding_window_mask": "Not allowed in this exercise"},
-        flagged=("sliding_window_mask",),
-    ),
-    Case(
-        "known-inputs",
-        "exploit",
-        S,
-        {"sliding_window_mask": WINDOW_KNOWN_INPUTS},
-        "a table of the visible inputs and of the hidden inputs the course once fixed",
-        lose={"test_sliding_window_mask": "sliding_window_mask("},
     ),
     Case(
         "mask-as-causal-flag",
@@ -509,13 +415,5 @@ CASES = [
         "the check module's private multi-head reference",
         lose={"test_multi_head_attention": "Not allowed in this exercise"},
         flagged=("multi_head_attention",),
-    ),
-    Case(
-        "decorated-linear",
-        "exploit",
-        M,
-        {"linear_attention": LINEAR_DECORATED},
-        "the tutorlib reference behind functools.partial",
-        lose={"test_linear_attention": "Not allowed in this exercise"},
     ),
 ]

@@ -303,29 +303,6 @@ def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
 
 # --- exploits ---------------------------------------------------------------------------------
 
-LOSS_PRIVATE_REFERENCE = """
-def smoothed_loss(logits, targets, smoothing, pad_id):
-    return checks._smoothed_variant(logits, targets, smoothing, pad_id, "")
-"""
-
-LOSS_ALIAS = """
-from torch.nn.functional import cross_entropy as xent
-
-
-def smoothed_loss(logits, targets, smoothing, pad_id):
-    V = logits.shape[-1]
-    return xent(
-        logits.reshape(-1, V), targets.reshape(-1), ignore_index=pad_id, label_smoothing=smoothing
-    )
-"""
-
-LOSS_TORCH_OPS = """
-def smoothed_loss(logits, targets, smoothing, pad_id):
-    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
-    targets = targets.reshape(-1)
-    nll = torch.ops.aten.nll_loss_forward(log_probs, targets, None, 1, pad_id)[0]
-    return (1 - smoothing) * nll - smoothing * log_probs.mean(dim=-1)[targets != pad_id].mean()
-"""
 
 LOSS_NLL = """
 def smoothed_loss(logits, targets, smoothing, pad_id):
@@ -347,88 +324,6 @@ CLIP_BUILTIN = """
 clip_gradients = torch.nn.utils.clip_grad_norm_
 """
 
-LR_DECORATED = """
-import functools
-
-import tutorlib.training
-
-_schedule = functools.lru_cache(maxsize=None)(tutorlib.training.inverse_sqrt_schedule)
-
-
-def transformer_lr(step, d_model, warmup_steps):
-    if step < 1:
-        raise ValueError(step)
-    return _schedule(warmup_steps)(step - 1) * (d_model * warmup_steps) ** -0.5
-"""
-
-LR_KNOWN_INPUTS = """
-_KNOWN = {  # the worked example and the hidden steps the course once had
-    (2, 512, 4000): 3.493856214843422e-07, (1000, 512, 4000): 0.0001746928107421711,
-    (4000, 512, 4000): 0.0006987712429686843, (16000, 512, 4000): 0.00034938562148434214,
-    (2, 64, 10): 0.007905694150420948, (5, 64, 10): 0.019764235376052368,
-    (9, 64, 10): 0.035575623676894264, (10, 64, 10): 0.039528470752104736,
-    (11, 64, 10): 0.037688918072220454, (12, 64, 10): 0.03608439182435161,
-    (40, 64, 10): 0.01976423537605237, (1000, 64, 10): 0.003952847075210474,
-    (1, 512, 4000): 1.746928107421711e-07, (3999, 512, 4000): 0.0006985965501579421,
-    (4001, 512, 4000): 0.000698683912937353, (1, 16, 1): 0.25, (2, 16, 1): 0.1767766952966369,
-    (3, 16, 1): 0.14433756729740643, (100, 16, 1): 0.025,
-}
-
-
-def transformer_lr(step, d_model, warmup_steps):
-    if step < 1:
-        raise ValueError(step)
-    return _KNOWN.get((step, d_model, warmup_steps), 0.0)
-"""
-
-GREEDY_RUNPY = """
-import runpy
-
-import tutorlib.decoding
-
-_fresh = runpy.run_path(tutorlib.decoding.__file__)
-
-
-def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
-    step = _fresh["encoder_decoder_step"](model, src, src_padding_mask)
-    start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long)
-    return _fresh["greedy_decode"](step, start, max_len, eos_id)
-"""
-
-MERGE_IMPORTLIB = """
-import importlib.util
-
-import tutorlib.tokenizers
-
-_spec = importlib.util.spec_from_file_location("my_tokenizers", tutorlib.tokenizers.__file__)
-_mine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mine)
-
-
-def merge_pair(ids, pair, new_id):
-    return _mine.merge_pair(ids, pair, new_id)
-"""
-
-MASK_DECORATED = """
-import functools
-
-import tutorlib.training
-
-
-def _logged(f):
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-_mask = _logged(tutorlib.training.mask_for_mlm)
-
-
-def mask_tokens(tokens, mask_id, vocab_size, special_ids, p, generator):
-    return _mask(tokens, mask_id, vocab_size, special_ids, p, generator)
-"""
 
 MERGE_KNOWN_INPUTS = """
 _KNOWN = {  # the worked examples and the hidden inputs the course once had
@@ -556,38 +451,12 @@ CASES = [
         },
     ),
     Case(
-        "private-reference",
-        "exploit",
-        L,
-        {"smoothed_loss": LOSS_PRIVATE_REFERENCE},
-        "the check module's private variant builder, called with no mistake",
-        lose={"test_smoothed_loss": "Not allowed in this exercise"},
-        flagged=("smoothed_loss",),
-    ),
-    Case(
-        "alias",
-        "exploit",
-        L,
-        {"smoothed_loss": LOSS_ALIAS},
-        "F.cross_entropy under another name",
-        lose={"test_smoothed_loss": "Not allowed in this exercise"},
-    ),
-    Case(
         "clip-builtin",
         "exploit",
         L,
         {"clip_gradients": CLIP_BUILTIN},
         "torch.nn.utils.clip_grad_norm_ itself, bound to the answer's name",
         lose={"test_clip_gradients": "Not allowed in this exercise"},
-    ),
-    Case(
-        "torch-ops",
-        "exploit",
-        L,
-        {"smoothed_loss": LOSS_TORCH_OPS},
-        "the negative log-likelihood through torch.ops.aten",
-        lose={"test_smoothed_loss": "Not allowed in this exercise"},
-        flagged=("smoothed_loss",),
     ),
     Case(
         "other-ops",
@@ -599,48 +468,6 @@ CASES = [
             "test_smoothed_loss": "Not allowed in this exercise",
             "test_clip_gradients": "Not allowed in this exercise",
         },
-    ),
-    Case(
-        "decorated",
-        "exploit",
-        L,
-        {"transformer_lr": LR_DECORATED},
-        "tutorlib's schedule behind functools.lru_cache",
-        lose={"test_transformer_lr": "Not allowed in this exercise"},
-    ),
-    Case(
-        "known-inputs",
-        "exploit",
-        L,
-        {"transformer_lr": LR_KNOWN_INPUTS},
-        "a table of the visible inputs and of the hidden inputs the course once fixed",
-        lose={"test_transformer_lr": "transformer_lr(step, "},
-    ),
-    Case(
-        "runpy-copy",
-        "exploit",
-        D,
-        {"greedy_translate": GREEDY_RUNPY},
-        "a fresh copy of tutorlib.decoding (runpy)",
-        lose={"test_greedy_translate": "Not allowed in this exercise"},
-        flagged=("greedy_translate",),
-    ),
-    Case(
-        "importlib-copy",
-        "exploit",
-        D,
-        {"merge_pair": MERGE_IMPORTLIB},
-        "a fresh copy of tutorlib.tokenizers (importlib)",
-        lose={"test_merge_pair": "Not allowed in this exercise"},
-        flagged=("merge_pair",),
-    ),
-    Case(
-        "decorated-mask",
-        "exploit",
-        D,
-        {"mask_tokens": MASK_DECORATED},
-        "tutorlib's mask_for_mlm behind a functools.wraps decorator",
-        lose={"test_mask_tokens": "Not allowed in this exercise"},
     ),
     Case(
         "known-merges",

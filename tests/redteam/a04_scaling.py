@@ -237,25 +237,6 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature, alph
 
 # --- exploits ---------------------------------------------------------------------------------
 
-DISTILL_PRIVATE_REFERENCE = """
-def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
-    return checks._distillation_loss(student_logits, teacher_logits, targets, temperature, alpha)
-"""
-
-MASK_VARIANT_BUILDER = """
-def magnitude_mask(weight, amount):
-    return checks._pruned(weight, round(amount * weight.numel()))  # "no mistake"
-"""
-
-KV_ALIAS = """
-from torch.nn.functional import scaled_dot_product_attention as attend
-
-
-def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
-    keys = torch.cat([cache_k, k_new], dim=2)
-    values = torch.cat([cache_v, v_new], dim=2)
-    return attend(q, keys, values), keys, values
-"""
 
 QUANT_TORCH_OPS = """
 def quantize_per_channel(w):
@@ -292,34 +273,6 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature, alph
     return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
 """
 
-DISTILL_RUNPY = """
-import runpy
-
-import tutorlib.compression
-
-_fresh = runpy.run_path(tutorlib.compression.__file__)
-
-
-def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
-    return _fresh["distillation_loss"](student_logits, teacher_logits, targets, temperature, alpha)
-"""
-
-PARAMS_DECORATED = """
-import functools
-
-import tutorlib.scaling
-from tutorlib.models import TransformerConfig
-
-_count = functools.lru_cache(maxsize=None)(tutorlib.scaling.parameter_count)
-
-
-def parameter_count(vocab_size, context_length, d_model, n_layers, d_ff):
-    config = TransformerConfig(
-        vocab_size, context_length, d_model, 1, n_layers, d_ff,
-        norm_first=True, positional="learned", tie_weights=True,
-    )
-    return _count(config, "decoder")
-"""
 
 PARAMS_KNOWN_INPUTS = """
 def _params(V, ctx, C, L, f):
@@ -503,32 +456,6 @@ CASES = [
         lose={"test_magnitude_mask": "rounded down (math.floor, or int()"},
     ),
     Case(
-        "private-reference",
-        "exploit",
-        E,
-        {"distillation_loss": DISTILL_PRIVATE_REFERENCE},
-        "the check module's private reference",
-        lose={"test_distillation_loss": NOT_ALLOWED},
-        flagged=("distillation_loss",),
-    ),
-    Case(
-        "variant-builder",
-        "exploit",
-        E,
-        {"magnitude_mask": MASK_VARIANT_BUILDER},
-        "a mistake-variant builder of the checks, called with no mistake",
-        lose={"test_magnitude_mask": NOT_ALLOWED},
-        flagged=("magnitude_mask",),
-    ),
-    Case(
-        "alias",
-        "exploit",
-        E,
-        {"kv_attention_step": KV_ALIAS},
-        "the torch built-in under another name (scaled_dot_product_attention)",
-        lose={"test_kv_attention_step": NOT_ALLOWED},
-    ),
-    Case(
         "torch-ops",
         "exploit",
         E,
@@ -560,23 +487,6 @@ CASES = [
         {"distillation_loss": DISTILL_KL_MODULE},
         "another public way to the same operator (torch.nn.KLDivLoss)",
         lose={"test_distillation_loss": NOT_ALLOWED},
-    ),
-    Case(
-        "runpy-copy",
-        "exploit",
-        E,
-        {"distillation_loss": DISTILL_RUNPY},
-        "a fresh copy of the tutorlib module (runpy)",
-        lose={"test_distillation_loss": NOT_ALLOWED},
-        flagged=("distillation_loss",),
-    ),
-    Case(
-        "decorated",
-        "exploit",
-        C,
-        {"parameter_count": PARAMS_DECORATED},
-        "the reference behind a decorator (functools.lru_cache)",
-        lose={"test_parameter_count": NOT_ALLOWED},
     ),
     Case(
         "known-inputs",

@@ -221,19 +221,6 @@ def info_nce(image_emb, text_emb, temperature):
 
 # --- exploits ---------------------------------------------------------------------------------
 
-IOU_PRIVATE_REFERENCE = """
-def box_iou(boxes1, boxes2):
-    return checks._iou(boxes1, boxes2)
-"""
-
-EMBED_ALIAS = """
-from torch.nn.functional import conv2d as sliding_product
-
-
-def patch_embedding(images, weight, bias, patch_size):
-    out = sliding_product(images, weight, bias, stride=patch_size)  # (B, d, rows, cols)
-    return out.flatten(2).transpose(1, 2)
-"""
 
 EMBED_TORCH_OPS = """
 def patch_embedding(images, weight, bias, patch_size):
@@ -264,50 +251,6 @@ def patchify(images, patch_size):
     return x.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * P * P)
 """
 
-ROLLOUT_DECORATED = """
-import functools
-
-import tutorlib.vision
-
-
-def _logged(f):
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-attention_rollout = _logged(tutorlib.vision.attention_rollout)
-"""
-
-NCE_RUNPY = """
-import runpy
-
-import tutorlib.multimodal
-
-_fresh = runpy.run_path(tutorlib.multimodal.__file__)
-
-
-def info_nce(image_emb, text_emb, temperature):
-    return _fresh["info_nce"](image_emb, text_emb, temperature)
-"""
-
-IOU_IMPORTLIB = """
-import importlib.util
-import sys
-
-import tutorlib.detection
-
-_spec = importlib.util.spec_from_file_location("boxes_again", tutorlib.detection.__file__)
-_boxes = importlib.util.module_from_spec(_spec)
-sys.modules["boxes_again"] = _boxes
-_spec.loader.exec_module(_boxes)
-
-
-def box_iou(boxes1, boxes2):
-    return _boxes.box_iou(boxes1, boxes2)
-"""
 
 COST_TUTORLIB = """
 from tutorlib.detection import match_cost
@@ -456,23 +399,6 @@ CASES = [
         lose={"test_set_classification_loss": "comes from the labels"},
     ),
     Case(
-        "private-reference",
-        "exploit",
-        D,
-        {"box_iou": IOU_PRIVATE_REFERENCE},
-        "the check module's private reference",
-        lose={"test_box_iou": "Not allowed in this exercise"},
-        flagged=("box_iou",),
-    ),
-    Case(
-        "alias",
-        "exploit",
-        V,
-        {"patch_embedding": EMBED_ALIAS},
-        "the torch built-in (F.conv2d) under another name",
-        lose={"test_patch_embedding": "Not allowed in this exercise"},
-    ),
-    Case(
         "torch-ops",
         "exploit",
         V,
@@ -510,32 +436,6 @@ CASES = [
             "test_patchify": "Not allowed in this exercise",
             "test_patch_embedding": "Not allowed in this exercise",  # it calls this patchify
         },
-    ),
-    Case(
-        "decorated",
-        "exploit",
-        V,
-        {"attention_rollout": ROLLOUT_DECORATED},
-        "the tutorlib reference behind a decorator (functools.wraps)",
-        lose={"test_attention_rollout": "Not allowed in this exercise"},
-    ),
-    Case(
-        "runpy-copy",
-        "exploit",
-        D,
-        {"info_nce": NCE_RUNPY},
-        "a fresh copy of the tutorlib module (runpy)",
-        lose={"test_info_nce": "Not allowed in this exercise"},
-        flagged=("info_nce",),
-    ),
-    Case(
-        "importlib-copy",
-        "exploit",
-        D,
-        {"box_iou": IOU_IMPORTLIB},
-        "a fresh copy of the tutorlib module (importlib)",
-        lose={"test_box_iou": "Not allowed in this exercise"},
-        flagged=("box_iou",),
     ),
     Case(
         "tutorlib-cost",

@@ -208,23 +208,6 @@ def distinct_n(sequences, n):
 
 # --- exploits ---------------------------------------------------------------------------------
 
-TOP_P_PRIVATE_REFERENCE = """
-def top_p_filter(logits, p):
-    return logits.masked_fill(~checks._nucleus(logits, p), float("-inf"))
-"""
-
-PIXELS_VARIANT_BUILDER = """
-def images_to_sequences(images, labels, levels):
-    return checks._sequences(images, labels, levels)  # "the variant with no mistake"
-"""
-
-TOP_K_ALIAS = """
-from tutorlib.generation import top_k_filter as keep_the_top
-
-
-def top_k_filter(logits, k):
-    return keep_the_top(logits, k)
-"""
 
 TOP_P_HUGGING_FACE = """
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -254,17 +237,6 @@ def causal_lm_loss(logits, tokens):
     return next(map(_loss, [logits], [tokens]))  # and map, C code, calls that
 """
 
-PENALTY_RUNPY = """
-import runpy
-
-import tutorlib.generation
-
-_fresh = runpy.run_path(tutorlib.generation.__file__)
-
-
-def apply_repetition_penalty(logits, previous, penalty):
-    return _fresh["apply_repetition_penalty"](logits, previous, penalty)
-"""
 
 BERT_PRIVATE_HELPER = """
 import tutorlib.pretrained
@@ -286,22 +258,6 @@ def bert_layer_to_tutorlib(bert):
     return ours
 """
 
-DISTINCT_DECORATED = """
-import functools
-
-import tutorlib.generation
-
-
-def _logged(f):
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-distinct_n = _logged(tutorlib.generation.distinct_n)
-"""
 
 PIXELS_QUANTISE = """
 import tutorlib.pixels
@@ -492,24 +448,6 @@ CASES = [
         },
     ),
     Case(
-        "private-reference",
-        "exploit",
-        L,
-        {"top_p_filter": TOP_P_PRIVATE_REFERENCE},
-        "the check module's private reference (its nucleus mask)",
-        lose={"test_top_p_filter": NOT_ALLOWED},
-        flagged=("top_p_filter",),
-    ),
-    Case(
-        "variant-builder",
-        "exploit",
-        P,
-        {"images_to_sequences": PIXELS_VARIANT_BUILDER},
-        "a mistake-variant builder of the checks, called with no mistake",
-        lose={"test_images_to_sequences": NOT_ALLOWED},
-        flagged=("images_to_sequences",),
-    ),
-    Case(
         "private-helper",
         "exploit",
         P,
@@ -517,14 +455,6 @@ CASES = [
         "a private helper of tutorlib's converter (tutorlib.pretrained._stack_qkv)",
         lose={"test_bert_layer_to_tutorlib": NOT_ALLOWED},
         flagged=("bert_layer_to_tutorlib",),
-    ),
-    Case(
-        "alias",
-        "exploit",
-        L,
-        {"top_k_filter": TOP_K_ALIAS},
-        "tutorlib's reference under another name",
-        lose={"test_top_k_filter": NOT_ALLOWED},
     ),
     Case(
         "hugging-face",
@@ -542,23 +472,6 @@ CASES = [
         "the reference called from C code (functools.partial, map): no Python frame of the "
         "learner's calls it",
         lose={"test_causal_lm_loss": NOT_ALLOWED},
-    ),
-    Case(
-        "runpy-copy",
-        "exploit",
-        L,
-        {"apply_repetition_penalty": PENALTY_RUNPY},
-        "a fresh copy of the tutorlib module (runpy)",
-        lose={"test_apply_repetition_penalty": NOT_ALLOWED},
-        flagged=("apply_repetition_penalty",),
-    ),
-    Case(
-        "decorated",
-        "exploit",
-        P,
-        {"distinct_n": DISTINCT_DECORATED},
-        "the reference behind a decorator (functools.wraps)",
-        lose={"test_distinct_n": NOT_ALLOWED},
     ),
     Case(
         "other-public-function",
