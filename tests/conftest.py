@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 
 # The hidden tests draw their inputs from a seed (tutorlib.checks.draw); these tests fix it, and
 # the ones that matter run under several, as a class of submissions would be graded.
-HIDDEN_SEEDS = ("course-a", "course-b", "course-c", "course-d", "course-e")
+HIDDEN_SEEDS = ("course-a", "course-b", "course-c")
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +108,13 @@ print("PROBE", repr(getattr(_error, "__cause__", None)), repr(getattr(_error, "_
 """
 
 
+def _cost(course: Path, assignment: str) -> int:
+    """About how long an assignment takes to grade: its submitted notebooks, Chapter 3's (they
+    train models) counted twice."""
+    count = len(list(course.glob(f"submitted/*/{assignment}/*.ipynb")))
+    return 2 * count if assignment == "03_training" else count
+
+
 @pytest.fixture(scope="session")
 def graded_class(tmp_path_factory: pytest.TempPathFactory) -> GradedClass:
     import nbformat
@@ -179,8 +186,9 @@ def graded_class(tmp_path_factory: pytest.TempPathFactory) -> GradedClass:
     # Two assignments at a time, one worker each: both cores stay busy to the end (two workers
     # on one assignment wait for each other at its end).
     nbgrader("db", "upgrade", cwd=course)
+    longest_first = sorted(ASSIGNMENTS, key=lambda a: -_cost(course, a))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for assignment, took, count in pool.map(grade, ASSIGNMENTS):
+        for assignment, took, count in pool.map(grade, longest_first):
             seconds[assignment], notebooks[assignment] = took, count
     scores, manual, points = {}, {}, {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:

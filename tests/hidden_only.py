@@ -95,7 +95,7 @@ def _significant(text: str) -> int:
 
 
 def renderings(value) -> set[str]:
-    """How a value the reference computed could appear in a message: numbers with 3 or more
+    """How a value the reference computed could appear in a message: numbers with 4 or more
     significant digits, as Python, f-strings and torch print them; lists of several ints."""
     found: set[str] = set()
     if isinstance(value, torch.Tensor):
@@ -113,8 +113,8 @@ def renderings(value) -> set[str]:
     if isinstance(value, float):
         if not torch.isfinite(torch.tensor(value)):
             return found
-        texts = {f"{value:.6g}", f"{value:.4g}", f"{value:.4f}", f"{value:.3g}", repr(value)}
-        return {t for t in texts if _significant(t) >= 3}  # 0, 1, 0.5: too common to search
+        texts = {f"{value:.6g}", f"{value:.4g}", f"{value:.4f}", repr(value)}
+        return {t for t in texts if _significant(t) >= 4}  # 0, 0.5, 1.25: too common to search
     if isinstance(value, list | tuple):
         if len(value) >= 2 and all(isinstance(v, int) for v in value):
             found.add(str(list(value)))
@@ -143,4 +143,12 @@ def page_text(path) -> str:
 
     page = Path(path).read_text()
     page = re.sub(r"<(style|script)\b.*?</\1>", " ", page, flags=re.S | re.I)
-    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+    return without_own_values(html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def without_own_values(text: str) -> str:
+    """`text` without the learner's own values, which a failed test shows them ("Your value:
+    ..."): a reference value may happen to print like one of them."""
+    import re
+
+    return re.sub(r"Your value: .*?(?= Expected: | Likely mistake: | Hint: |\n|$)", " ", text)
