@@ -6,6 +6,7 @@ tests/test_checks.py, and the whole grader through nbgrader in tests/test_redtea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -27,6 +28,7 @@ from tutorlib.checks import (
     expect_close,
     expect_equal,
     expect_state_dict,
+    foundations,
     hidden_draw,
 )
 from tutorlib.checks.guard import Watch, guarded
@@ -37,10 +39,34 @@ from tutorlib.checks.secret import SECRET_ENV, SEED_ENV, submission_seed
 
 def test_a_seed_repeats_the_draws_and_each_check_has_its_own() -> None:
     draw._use_seed("course")
-    a, b, c = hidden_draw("layer_norm"), hidden_draw("layer_norm"), hidden_draw("embed")
+    a, c = hidden_draw("layer_norm"), hidden_draw("embed")
+    draw._use_seed("course")
+    b = hidden_draw("layer_norm")
     assert torch.equal(a.normal(5), b.normal(5))
     assert a.integer(0, 10**9) == b.integer(0, 10**9)
+    draw._use_seed("course")
     assert not torch.equal(hidden_draw("layer_norm").normal(5), c.normal(5))
+
+
+def test_each_run_of_a_check_draws_anew_and_a_seed_repeats_the_runs() -> None:
+    seen: list[list[tuple[int, int]]] = []
+
+    def spy(context_length: int, d_model: int) -> torch.Tensor:
+        seen[-1].append((context_length, d_model))  # and answers right, to see every input
+        angles = torch.arange(context_length)[:, None] / 10000 ** (
+            torch.arange(0, d_model, 2) / d_model
+        )
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
+
+    for _ in range(2):
+        draw._use_seed("course")
+        for _ in range(3):
+            seen.append([])
+            with contextlib.suppress(ExerciseError):
+                foundations.check_sinusoidal_encoding(spy, hidden=True)
+    first, second, third, *again = seen
+    assert len(first) > 1 and first != second and second != third, seen
+    assert again == [first, second, third]
 
 
 def test_without_a_seed_every_call_draws_new_inputs() -> None:

@@ -55,6 +55,20 @@ HOSTILE = {
         "class T(torch.Tensor):\n    @classmethod\n"
         "    def __torch_function__(cls, f, t, a=(), k=None):\n        return True"
     ),
+    "checks under another name": "m = checks\nsetattr(m, 'test_softmax', print)",
+    "self as checks": "self = checks\nsetattr(self, 'test_softmax', print)",
+    "setattr on a class": (
+        "class A:\n    def f(self):\n        setattr(type(self), '__eq__', lambda a, b: True)"
+    ),
+    "setattr of a dunder on self": (
+        "class A:\n    def f(self):\n        setattr(self, '__class__', torch.Tensor)"
+    ),
+    "vars of a module": "import tutorlib.checks.draw as d\nseed = vars(d)['_SE' + 'ED']",
+    "gc beyond collect": "import gc\nrefs = gc.get_referrers(checks)",
+    "gc under another name": "import gc as g\nobjects = g.get_objects()",
+    "from gc": "from gc import get_objects",
+    "types beyond SimpleNamespace": "import types\nf = types.FunctionType(code, {})",
+    "proc": "seed = open('/proc/self/environ').read()",
 }
 
 HONEST = {
@@ -75,6 +89,19 @@ HONEST = {
     "timing magic": "%timeit attention(q, k, v)\nout = attention(q, k, v)",
     "functional": "from torch import nn\ny = F.relu(nn.Linear(3, 4)(x)).softmax(dim=-1)",
     "own private helper": "def _helper(x):\n    return x._version if False else x",
+    "setattr in a module": (
+        "class Stack(nn.Module):\n    def __init__(self, n):\n        super().__init__()\n"
+        "        for i in range(n):\n            setattr(self, f'layer{i}', nn.Linear(4, 4))"
+    ),
+    "vars of a config": "settings = vars(config)",
+    "the class's name": "class A:\n    def __repr__(self):\n        return self.__class__.__name__",
+    "type name of a value": "print(x.__class__.__name__)",
+    "own attributes": "class A:\n    def update(self, **kw):\n        self.__dict__.update(kw)",
+    "free memory": "import gc\ngc.collect()",
+    "namespace": "from types import SimpleNamespace\ncfg = SimpleNamespace(d=4)",
+    "namespace by module": "import types\ncfg = types.SimpleNamespace(d=4)",
+    "a variable named types": "types = ['a', 'b']\nprint(types)",
+    "a dtype kept": "dtype = torch.float32\ndtype = torch.float64",
 }
 
 

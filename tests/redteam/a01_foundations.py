@@ -206,6 +206,31 @@ def sinusoidal_encoding(context_length, d_model):
     return _KNOWN.get((context_length, d_model), torch.zeros(context_length, d_model))
 """
 
+PE_SPIES_ON_THE_CHECK = """
+from tutorlib.embeddings import sinusoidal_encoding as _reference
+
+_answers = {}
+_asked = []
+
+
+def _spy(context_length, d_model):
+    _asked.append((context_length, d_model))
+    return _answers.get((context_length, d_model), torch.zeros(context_length, d_model))
+
+
+for _ in range(20):  # each run of the check gets one input further
+    for _hidden in (False, True):
+        try:
+            checks.check_sinusoidal_encoding(_spy, hidden=_hidden)
+        except Exception:
+            pass
+    for _t, _d in _asked:
+        _answers[_t, _d] = _reference(_t, _d)
+    _asked.clear()
+
+sinusoidal_encoding = _spy
+"""
+
 LN_PATCHES_CHECK = (
     LN_EPS_OUTSIDE
     + """
@@ -376,6 +401,15 @@ CASES = [
         {"sinusoidal_encoding": PE_VISIBLE_ONLY},
         "a table of the visible inputs and of the hidden inputs the course once fixed",
         lose={"test_sinusoidal_encoding": "sinusoidal_encoding("},
+    ),
+    Case(
+        "spies-on-the-check",
+        "exploit",
+        P,
+        {"sinusoidal_encoding": PE_SPIES_ON_THE_CHECK},
+        "runs the hidden check itself with a function that records its inputs, and answers"
+        " them with the public reference computed outside the check",
+        lose={"test_sinusoidal_encoding": "differs from the expected values"},
     ),
     Case(
         "patches-check",

@@ -5,7 +5,9 @@ seeded by the submission's grading seed (`tutorlib.checks.secret`) when an instr
 runs it, by `TUTORLIB_HIDDEN_SEED` when one is set (the course's own tests and book build set
 one, so that their outputs repeat), and by fresh randomness otherwise: a learner who calls a
 check with `hidden=True` at home gets new inputs on every call, which is just more testing.
-Each check draws its own stream (`hidden_draw(name)`), so checks do not depend on one another.
+Each check draws its own stream (`hidden_draw(name)`), so checks do not depend on one another,
+and each run of a check draws anew, so a run the submission makes itself tells it nothing about
+the inputs of the test cell's run.
 
 Visible tests do not draw: their inputs are the notebook's worked examples (`random_tensor`
 with a fixed seed where they need a few numbers).
@@ -42,18 +44,32 @@ def _seed_from_environment() -> str | None:
 
 
 _SEED = _seed_from_environment()
+_RUNS: dict[str, int] = {}  # check name -> how many times its hidden tests have drawn
 
 
 def _use_seed(seed: str | None) -> None:
-    """Fix the hidden tests' seed (the course's tests do, to repeat a grading run)."""
+    """Fix the hidden tests' seed (the course's tests do, to repeat a grading run), and start
+    every check's runs from the first again."""
     global _SEED
     _SEED = seed
+    _RUNS.clear()
 
 
 def hidden_draw(name: str) -> Draw:
     """The draws of check `name`'s hidden tests: repeatable under a grading seed, fresh
-    otherwise."""
-    material = os.urandom(16).hex() if _SEED is None else f"{_SEED}/{name}"
+    otherwise.
+
+    Under a seed, each run of a check draws new inputs (the n-th run of check `name` in a
+    kernel draws from seed/name/n): a submission that runs a hidden check itself, with a
+    function that records what it is given, learns inputs that the test cell's own run will
+    not use. Grading the same notebook again repeats every run, so its grade repeats.
+    """
+    run = _RUNS.get(name, 0)
+    _RUNS[name] = run + 1
+    if _SEED is None:
+        material = os.urandom(16).hex()
+    else:
+        material = f"{_SEED}/{name}" + (f"/{run}" if run else "")
     return Draw(int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big"))
 
 

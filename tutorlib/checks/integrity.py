@@ -84,13 +84,23 @@ def _watch(owner: Any) -> None:
     _SNAPSHOT.setdefault(id(owner), (owner, _callables(owner)))
 
 
+def _importing(module: types.ModuleType) -> bool:
+    """A module whose import has not finished (the check module that imported this one): its
+    snapshot waits for `watch_module`, or it would miss the names bound after this import."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
 def snapshot_modules() -> None:
     """Record builtins, torch (its functions, Tensor, nn.functional, the nn modules), math,
     numpy and every tutorlib module loaded now."""
     owners: list[Any] = [builtins, math, np, np.ndarray, torch, torch.Tensor, F, torch.testing]
     owners += [torch.linalg, torch.special, torch.fft, nn.init, nn.utils, nn.Module]
     owners += [obj for obj in vars(nn).values() if isinstance(obj, type)]
-    owners += [m for name, m in sys.modules.items() if name.split(".")[0] == "tutorlib" and m]
+    owners += [
+        module
+        for name, module in sys.modules.items()
+        if name.split(".")[0] == "tutorlib" and module and not _importing(module)
+    ]
     for owner in owners:
         _watch(owner)
 
@@ -117,6 +127,7 @@ def watch_module(name: str) -> None:
         ):
             register_code(value)
     snapshot_modules()
+    _watch(module)  # still importing: this call is its last line
 
 
 def tampered() -> list[str]:

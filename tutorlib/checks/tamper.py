@@ -72,7 +72,6 @@ _INTROSPECTION = frozenset(
         "builtins",
         "concurrent",
         "ctypes",
-        "gc",
         "importlib",
         "inspect",
         "marshal",
@@ -82,9 +81,10 @@ _INTROSPECTION = frozenset(
         "subprocess",
         "threading",
         "traceback",
-        "types",
     }
 )
+# Modules of the same kind with one part honest code uses: any other use of them is flagged.
+_ONE_HONEST_PART = {"gc": "collect", "types": "SimpleNamespace"}
 # The usual names of a protected module under an alias, and imports the exercises themselves use.
 _CANONICAL = {"np": "numpy", "F": "torch.nn.functional", "nn": "torch.nn"}
 _HONEST_IMPORTS = frozenset({("tutorlib", "checks", "checks"), ("torch", "nn", "nn")})
@@ -207,7 +207,19 @@ class _Scanner(ast.NodeVisitor):
         self.private_roots = set(_PRIVATE_ROOTS)  # and their aliases
         self.sys_names = {"sys"}
         self.os_names = {"os"}
-        self.harmless: set[int] = set()  # ids of get_ipython() calls of harmless magics
+        self.partly_honest: dict[str, str] = {}  # `import gc as g`: g -> gc
+        self.harmless: set[int] = set()  # ids of nodes that look suspicious but are not
+        self.methods: list[bool] = []  # per enclosing function: is its first parameter self?
+
+    def _own_object(self, node: ast.expr) -> bool:
+        """`self` inside a method: the learner's own object, whatever they set on it."""
+        return (
+            isinstance(node, ast.Name)
+            and node.id == "self"
+            and bool(self.methods)
+            and self.methods[-1]
+            and "self" not in self.protected
+        )
 
     def _flag(self, node: ast.AST, what: str) -> None:
         self.findings.append(Finding(getattr(node, "lineno", 0), what))
@@ -218,7 +230,7 @@ class _Scanner(ast.NodeVisitor):
                 self._check_target(element)
             return
         root = _root_name(target)
-        if isinstance(target, ast.Name) and target.id in self.protected:
+        if isinstance(target, ast.Name) and target.id in self.protected | {"self"}:
             self._flag(target, f"rebinds {target.id}")
         elif isinstance(target, ast.Attribute | ast.Subscript) and root is not None:
             if root in self.protected:
@@ -229,6 +241,14 @@ class _Scanner(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:
             self._check_target(target)
+            value = node.value
+            if (
+                isinstance(target, ast.Name)
+                and isinstance(value, ast.Name)
+                and (value.id in self.private_roots)
+            ):
+                self.protected.add(target.id)  # `m = checks`: m is checks under another name
+                self.private_roots.add(target.id)
         self.generic_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
@@ -258,6 +278,8 @@ class _Scanner(ast.NodeVisitor):
             self.sys_names.add(bound)
         if module == "os":
             self.os_names.add(bound)
+        if module in _ONE_HONEST_PART:
+            self.partly_honest[bound] = module
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -281,6 +303,8 @@ class _Scanner(ast.NodeVisitor):
         if top in _INTROSPECTION:
             self._flag(node, f"imports from {module}")
         for alias in node.names:
+            if module in _ONE_HONEST_PART and alias.name != _ONE_HONEST_PART[module]:
+                self._flag(node, f"imports {module}.{alias.name}")
             bound = alias.asname or alias.name
             self._bind_alias(f"{module}.{alias.name}", bound)
             private = any(map(_private, [*module.split("."), alias.name]))
@@ -300,7 +324,15 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self._check_definition(node)
+        parameters = node.args.posonlyargs + node.args.args
+        self.methods.append(bool(parameters) and parameters[0].arg == "self")
         self.generic_visit(node)
+        self.methods.pop()
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self.methods.append(False)
+        self.generic_visit(node)
+        self.methods.pop()
 
     def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
         self.visit_FunctionDef(node)  # type: ignore[arg-type]
@@ -323,11 +355,22 @@ class _Scanner(ast.NodeVisitor):
             self._flag(node, f"runs the magic %{magic}")
             self.harmless.add(id(node.func.value))  # type: ignore[attr-defined]
         if isinstance(node.func, ast.Name) and node.func.id in _SUSPICIOUS_CALLS:
-            if id(node) not in self.harmless:
+            if id(node) not in self.harmless and not self._honest_call(node, node.func.id):
                 self._flag(node, f"calls {node.func.id}()")
         if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
             self._check_getattr(node)
         self.generic_visit(node)
+
+    def _honest_call(self, node: ast.Call, name: str) -> bool:
+        """setattr(self, "layer0", ...) in a method, vars(config): the learner's own objects."""
+        if name in ("setattr", "delattr") and len(node.args) >= 2:
+            attribute = node.args[1]
+            dunder = isinstance(attribute, ast.Constant) and str(attribute.value).startswith("__")
+            return self._own_object(node.args[0]) and not dunder
+        if name == "vars" and len(node.args) == 1 and isinstance(node.args[0], ast.Name):
+            watched = self.protected | self.private_roots | self.sys_names | self.os_names
+            return node.args[0].id not in watched | set(self.partly_honest)
+        return False
 
     def _check_getattr(self, node: ast.Call) -> None:
         """getattr(obj, "_private"), or getattr(torch/checks/..., a name computed at run time)."""
@@ -340,9 +383,30 @@ class _Scanner(ast.NodeVisitor):
         elif _root_name(node.args[0]) in self.private_roots:
             self._flag(node, f"reads an attribute of {ast.unparse(node.args[0])} by name")
 
+    def visit_Name(self, node: ast.Name) -> None:
+        module = self.partly_honest.get(node.id)
+        if module is not None and id(node) not in self.harmless:
+            self._flag(node, f"uses {module} beyond {module}.{_ONE_HONEST_PART[module]}")
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str | bytes) and b"/proc/" in _as_bytes(node.value):
+            self._flag(node, "reads the process's files under /proc")
+
     def visit_Attribute(self, node: ast.Attribute) -> None:
         chain = _chain(node)
-        if node.attr in _DUNDER_ESCAPES:
+        value = node.value
+        if node.attr in ("__name__", "__qualname__") and isinstance(value, ast.Attribute):
+            if value.attr == "__class__":
+                self.harmless.add(id(value))  # type(x).__name__ written the long way
+        if isinstance(value, ast.Name) and node.attr == _ONE_HONEST_PART.get(
+            self.partly_honest.get(value.id, "")
+        ):
+            self.harmless.add(id(value))  # gc.collect()
+        if node.attr in ("__class__", "__dict__") and (
+            id(node) in self.harmless or self._own_object(value)
+        ):
+            pass  # the learner's own object, or the name of a type
+        elif node.attr in _DUNDER_ESCAPES:
             self._flag(node, f"reads {node.attr}")
         elif chain and chain[0] in self.private_roots and len(chain) >= 2:
             private = [i for i, part in enumerate(chain[1:], 1) if _private(part)]
@@ -355,6 +419,10 @@ class _Scanner(ast.NodeVisitor):
         elif chain and chain[0] in self.os_names and node.attr in _ENVIRONMENT:
             self._flag(node, f"reads os.{node.attr}")
         self.generic_visit(node)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "replace")
 
 
 def _as_python(source: str) -> str:
