@@ -34,6 +34,7 @@ from tutorlib.checks import (
     random_tensor,
     watch_module,
 )
+from tutorlib.checks.guard import ATTENTION_KERNELS, MULTI_HEAD_KERNELS
 
 __all__ = [
     "check_attention",
@@ -52,28 +53,9 @@ _linear_attention = attention.linear_attention
 _causal, _sliding = attention.causal_mask, attention.sliding_window_mask
 _softmax, _linear, _relu, _elu = torch.softmax, F.linear, F.relu, F.elu
 
-# Every operator that computes softmax attention: torch's public function, the kernels it
-# dispatches to (any of them can be called directly), and the fused multi-head paths.
-SDPA_OPS = (
-    "scaled_dot_product_attention",
-    "_scaled_dot_product_attention_math",
-    "_scaled_dot_product_attention_math_for_mps",
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-    "_efficient_attention_forward",
-    "_flash_attention_forward",
-    "_triton_scaled_dot_attention",
+_MHA = Forbidden(
+    python=(nn.MultiheadAttention, attention.MultiHeadAttention), ops=MULTI_HEAD_KERNELS
 )
-MHA_OPS = (
-    "multi_head_attention_forward",  # F.multi_head_attention_forward, nn.MultiheadAttention's
-    "_native_multi_head_attention",
-    "_triton_multi_head_attention",
-    "_transformer_encoder_layer_fwd",
-)
-_MHA = Forbidden(python=(nn.MultiheadAttention, attention.MultiHeadAttention), ops=MHA_OPS)
 
 
 def _if_loaded(module: str, *names: str) -> Forbidden:
@@ -132,7 +114,7 @@ def _padding(draw: Draw, B: int, S: int) -> Tensor:
 ATTENTION_FORBIDDEN = (
     Forbidden(
         python=(attention.scaled_dot_product_attention, attention._attention_written_out),
-        ops=SDPA_OPS,
+        ops=ATTENTION_KERNELS,
     )
     + _MHA
 )

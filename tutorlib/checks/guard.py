@@ -49,7 +49,38 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Forbidden", "Watch", "guarded", "handed_over", "register_code"]
+__all__ = [
+    "ATTENTION_KERNELS",
+    "MULTI_HEAD_KERNELS",
+    "Forbidden",
+    "Watch",
+    "guarded",
+    "handed_over",
+    "register_code",
+]
+
+# Every aten operator that computes softmax attention in one call: torch's public function and
+# the kernels it dispatches to (any of them can be called directly through torch.ops).
+ATTENTION_KERNELS = (
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_attention_math_for_mps",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+    "_efficient_attention_forward",
+    "_flash_attention_forward",
+    "_triton_scaled_dot_attention",
+)
+# ... and the fused multi-head paths (nn.MultiheadAttention's, the encoder layer's fast path).
+MULTI_HEAD_KERNELS = (
+    "multi_head_attention_forward",
+    "_native_multi_head_attention",
+    "_triton_multi_head_attention",
+    "_transformer_encoder_layer_fwd",
+)
 
 # Namespaces where torch's operators have Python names.
 _TORCH_NAMESPACES = (

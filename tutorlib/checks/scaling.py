@@ -41,6 +41,7 @@ from tutorlib.checks import (
     random_tensor,
     watch_module,
 )
+from tutorlib.checks.guard import ATTENTION_KERNELS, MULTI_HEAD_KERNELS
 from tutorlib.models import TransformerConfig
 
 __all__ = [
@@ -537,21 +538,6 @@ def check_fit_power_law(fn: Callable[..., tuple[float, float]], hidden: bool = F
 
 # --- 5. A KV-cache attention step --------------------------------------------------------------
 
-# Every operator that computes attention in one call (torch's fused kernels included), and the
-# modules and tutorlib functions built on them.
-ATTENTION_OPS = (
-    "scaled_dot_product_attention",
-    "_scaled_dot_product_attention_math",
-    "_scaled_dot_product_attention_math_for_mps",
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-    "_flash_attention_forward",
-    "_efficient_attention_forward",
-    "_native_multi_head_attention",
-)
 KV_FORBIDDEN = Forbidden(
     python=(
         attention.scaled_dot_product_attention,
@@ -562,7 +548,7 @@ KV_FORBIDDEN = Forbidden(
         nn.MultiheadAttention,
         F.multi_head_attention_forward,
     ),
-    ops=ATTENTION_OPS,
+    ops=ATTENTION_KERNELS + MULTI_HEAD_KERNELS,
 )
 
 KV_ERRORS = {
