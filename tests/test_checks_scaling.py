@@ -330,13 +330,22 @@ def test_the_hidden_accumulation_sizes_tell_the_mistakes_apart() -> None:
             assert B % k == 0 and k >= 2 and B // k >= 2 and B // k != k
 
 
-def test_the_batch_size_hook_is_handed_over_and_its_removal_shows() -> None:
-    def no_hooks(model, inputs, targets, n_micro):
-        model._forward_pre_hooks.clear()  # hide the calls from the check
+def test_the_recording_forward_is_handed_over_and_its_removal_shows() -> None:
+    def unrecorded(model, inputs, targets, n_micro):
+        del model.forward  # hide the calls from the check
         model.zero_grad()
         F.cross_entropy(model(inputs), targets).backward()
 
-    expect_hint(checks.check_accumulate_gradients, no_hooks, "batches of sizes []")
+    expect_hint(checks.check_accumulate_gradients, unrecorded, "batches of sizes []")
+
+
+def test_calling_forward_directly_counts_as_a_call() -> None:
+    def by_forward(model, inputs, targets, n_micro):
+        model.zero_grad()
+        for x, y in zip(inputs.chunk(n_micro), targets.chunk(n_micro), strict=True):
+            (F.cross_entropy(model.forward(x), y) * len(y) / len(targets)).backward()
+
+    expect_pass(checks.check_accumulate_gradients, by_forward)
 
 
 # --- 4. Fitting a power law ---------------------------------------------------------------------

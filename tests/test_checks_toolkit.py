@@ -213,6 +213,19 @@ def test_expect_close_names_the_nearest_mistake_and_says_where_values_differ() -
         expect_close("1.0", 1.0, what="a number")
 
 
+def test_expect_close_says_when_a_float64_answer_went_through_float32() -> None:
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = torch.softmax(x, dim=-1)
+    through_float32 = torch.softmax(x.float(), dim=-1).double()
+    assert not torch.equal(through_float32, target)
+    with pytest.raises(ExerciseError, match="float32's rounding") as error:
+        expect_close(through_float32, target, what="p", atol=1e-12, rtol=1e-10)
+    assert "keep the inputs' dtype, float64" in str(error.value)
+    with pytest.raises(ExerciseError) as error:  # a real difference is not put down to rounding
+        expect_close(target * 1.001, target, what="p", atol=1e-12, rtol=1e-10)
+    assert "float32" not in str(error.value)
+
+
 def test_expect_equal_lists_every_mistake_that_gives_the_same_value() -> None:
     with pytest.raises(ExerciseError) as error:
         expect_equal(4, 6, what="n", mistakes={"a": 4, "b": 4, "c": 5})

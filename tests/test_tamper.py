@@ -69,6 +69,14 @@ HOSTILE = {
     "from gc": "from gc import get_objects",
     "types beyond SimpleNamespace": "import types\nf = types.FunctionType(code, {})",
     "proc": "seed = open('/proc/self/environ').read()",
+    "another module as F": "from torch.nn import init as F",
+    "another module assigned to F": "F = nn.init",
+    "rebinds by a loop": "for checks in [SimpleNamespace(check_embed=print)]:\n    pass",
+    "rebinds by with": "with contextlib.nullcontext(None) as checks:\n    pass",
+    "rebinds by except": "try:\n    1 / 0\nexcept Exception as torch:\n    pass",
+    "rebinds by match": "match 1:\n    case checks:\n        pass",
+    "self in a method": "class A:\n    def f(self):\n        self = checks\n        self.x = 1",
+    "the machinery as checks": "from tutorlib.checks import integrity as checks",
 }
 
 HONEST = {
@@ -102,6 +110,10 @@ HONEST = {
     "namespace by module": "import types\ncfg = types.SimpleNamespace(d=4)",
     "a variable named types": "types = ['a', 'b']\nprint(types)",
     "a dtype kept": "dtype = torch.float32\ndtype = torch.float64",
+    "functional spelt the other way": "from torch.nn import functional as F",
+    "the setup's imports again": "from tutorlib.checks import vision as checks",
+    "functional by assignment": "F = nn.functional\nG = torch.nn.functional",
+    "a local named F": "def f(x):\n    B, T, F = x.shape\n    return x.view(B * T, F)",
 }
 
 

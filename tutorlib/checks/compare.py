@@ -154,6 +154,12 @@ def expect_close(
     diff = diff.masked_fill(actual.double() == expected.double(), 0.0)  # equal infinities
     index = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
     where = f" at index {index}" if index else ""
+    if expected.dtype == torch.float64 and _close(actual.double(), expected, 1e-7, 2e-6):
+        raise ExerciseError(
+            f"{what} differs from the expected values{where} by about float32's rounding",
+            hint="part of the computation ran in float32 (.float(), a tensor made without "
+            "dtype=, F.one_hot(...).float()): keep the inputs' dtype, float64, throughout.",
+        )
     raise ExerciseError(
         f"{what} differs from the expected values{where}",
         got=float(actual[index]),

@@ -24,6 +24,7 @@ Book: the exercises of every chapter.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -61,8 +62,8 @@ def quiet() -> Iterator[None]:
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Plain tensors and Python values, in lists, tuples and dicts: nothing whose comparisons
-    the learner's code defines."""
+    """Plain tensors and Python values, in lists, tuples and dicts (ordered ones too): nothing
+    whose comparisons the learner's code defines."""
     kind = type(value)
     if kind in (Tensor, nn.Parameter) or kind in _PLAIN or kind is np.ndarray:
         return True
@@ -70,7 +71,7 @@ def _plain(value: Any, depth: int = 0) -> bool:
         return True
     if depth < 6 and kind in (list, tuple):
         return all(_plain(v, depth + 1) for v in value)
-    if depth < 6 and kind is dict:
+    if depth < 6 and kind in (dict, collections.OrderedDict):  # (a module's state_dict())
         return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
     return False
 

@@ -87,7 +87,15 @@ _INTROSPECTION = frozenset(
 _ONE_HONEST_PART = {"gc": "collect", "types": "SimpleNamespace"}
 # The usual names of a protected module under an alias, and imports the exercises themselves use.
 _CANONICAL = {"np": "numpy", "F": "torch.nn.functional", "nn": "torch.nn"}
-_HONEST_IMPORTS = frozenset({("tutorlib", "checks", "checks"), ("torch", "nn", "nn")})
+_CHAPTER_CHECKS = ("foundations", "attention", "training", "scaling", "vision", "generative")
+_HONEST_IMPORTS = frozenset(
+    {
+        ("tutorlib", "checks", "checks"),
+        ("torch", "nn", "nn"),
+        ("torch.nn", "functional", "F"),  # `import torch.nn.functional as F`, spelt the other way
+        *(("tutorlib.checks", name, "checks") for name in _CHAPTER_CHECKS),  # the setup's import
+    }
+)
 # Special methods whose redefinition makes any comparison pass, or that make a tensor answer
 # every torch call itself.
 _COMPARISONS = frozenset(
@@ -231,7 +239,8 @@ class _Scanner(ast.NodeVisitor):
             return
         root = _root_name(target)
         if isinstance(target, ast.Name) and target.id in self.protected | {"self"}:
-            self._flag(target, f"rebinds {target.id}")
+            if not self.methods or target.id == "self":  # a function's locals reach nothing
+                self._flag(target, f"rebinds {target.id}")  # (and `global` is flagged)
         elif isinstance(target, ast.Attribute | ast.Subscript) and root is not None:
             if root in self.protected:
                 self._flag(target, f"patches {ast.unparse(target)}")
@@ -240,7 +249,9 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:
-            self._check_target(target)
+            canonical = _CANONICAL.get(target.id, "") if isinstance(target, ast.Name) else ""
+            if ast.unparse(node.value) not in (canonical, canonical.removeprefix("torch.")):
+                self._check_target(target)  # (`F = nn.functional` names what F always names)
             value = node.value
             if (
                 isinstance(target, ast.Name)
@@ -257,6 +268,38 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         self._check_target(node.target)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self._check_target(node.target)
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For
+
+    def visit_withitem(self, node: ast.withitem) -> None:
+        if node.optional_vars is not None:
+            self._check_target(node.optional_vars)
+        self.generic_visit(node)
+
+    def _check_bound_name(self, node: ast.AST, name: str | None) -> None:
+        """`except E as checks`, `case checks:`: a name bound without an assignment."""
+        if name is not None:
+            self._check_target(ast.copy_location(ast.Name(id=name, ctx=ast.Store()), node))
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        self._check_bound_name(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        self._check_bound_name(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        self._check_bound_name(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        self._check_bound_name(node, node.rest)
         self.generic_visit(node)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:

@@ -665,6 +665,8 @@ def _check_clip_case(
         )
     if isinstance(out, numbers.Real) and not isinstance(out, bool):
         out = torch.tensor(float(out), dtype=torch.float64)
+    elif isinstance(out, Tensor) and out.numel() == 1 and out.is_floating_point():
+        out = out.detach().to(torch.float64)  # the norm's value is checked, as for a float
     expected_norm, expected_grads = _clip_reference(grads, max_norm)
     variants = {
         hint: cache(lambda kind=kind: _clip_variant(grads, max_norm, kind))
