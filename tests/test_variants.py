@@ -1,4 +1,5 @@
-"""Right answers written differently (tests/variants/): not flagged, full marks.
+"""Right answers written differently (tests/variants/): not flagged, full marks. Wrong answers
+as learners write them: the points lost, and the common mistakes named.
 
 Each variant replaces its answer cell in the solution notebook; every test cell that checks a
 name the variant defines runs as in the learner's notebook, under every hidden-test seed.
@@ -16,7 +17,7 @@ import pytest
 from tests.conftest import HIDDEN_SEEDS
 from tests.grading import SOLUTIONS
 from tests.hidden_only import defined_names
-from tests.variants import VARIANTS
+from tests.variants import MISTAKES, VARIANTS
 from tutorlib.checks import ExerciseError, draw
 from tutorlib.checks.tamper import scan_source
 
@@ -81,3 +82,27 @@ def test_a_right_answer_written_differently_gets_full_marks(
                 pytest.fail(f"{test_id}, seed {seed}: {error}")
             printed = out.getvalue()
             assert "passes the hidden tests" in printed, f"{test_id}, seed {seed}: {printed}"
+
+
+def _mistake_ids() -> list[str]:
+    return [f"{nb.split('/')[-1][:-6]}-{grade_id}-{label}" for nb, grade_id, label, *_ in MISTAKES]
+
+
+@pytest.mark.parametrize("notebook, grade_id, label, source, named", MISTAKES, ids=_mistake_ids())
+def test_a_wrong_answer_loses_the_points_and_a_common_one_is_named(
+    notebook: str, grade_id: str, label: str, source: str, named: str | None
+) -> None:
+    namespace, tests = _run(notebook, grade_id, source)
+    assert tests, f"no test cell checks what {grade_id} defines"
+    for seed in HIDDEN_SEEDS:
+        draw._use_seed(seed)
+        failures = []
+        for _, test in tests:
+            try:
+                with redirect_stdout(StringIO()):
+                    exec(test, dict(namespace))
+            except ExerciseError as error:
+                failures.append(str(error))
+        assert failures, f"seed {seed}: a wrong answer gets full marks"
+        if named is not None:
+            assert any(named in failure for failure in failures), f"seed {seed}: {failures}"

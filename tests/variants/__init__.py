@@ -7,8 +7,13 @@ visible tests and, under every hidden-test seed, its hidden ones. (The red team 
 the same kind through nbgrader; these run in-process, a few milliseconds each, so that every
 graded cell of the course has several.)
 
+Wrong answers written the way learners get them wrong sit beside them (MISTAKES): each must
+lose the points of a test cell that checks it, under every hidden-test seed, and where the
+mistake is a common one, the failure names it (the text given).
+
 The modules `a01_foundations` ... `a06_generative` each define VARIANTS: notebook (its path under
-solutions/) -> answer cell grade_id -> {label: source}.
+solutions/) -> answer cell grade_id -> {label: source}, and MISTAKES: the same, with
+{label: (source, text the failure names or None)}.
 """
 
 from __future__ import annotations
@@ -17,22 +22,26 @@ import importlib
 
 from tests.redteam import ASSIGNMENTS
 
-__all__ = ["VARIANTS"]
+__all__ = ["MISTAKES", "VARIANTS"]
 
 
-def _load() -> list[tuple[str, str, str, str]]:
-    """(notebook, answer grade_id, label, source) of every variant, in the course's order."""
+def _load(table: str) -> list[tuple]:
+    """(notebook, answer grade_id, label, source[, named text]) of every entry of `table` in
+    each chapter's module, in the course's order."""
     found = []
     for assignment in ASSIGNMENTS:
         try:
             module = importlib.import_module(f"tests.variants.a{assignment}")
         except ModuleNotFoundError:
             continue
-        for notebook, answers in module.VARIANTS.items():
-            for grade_id, variants in answers.items():
-                for label, source in variants.items():
-                    found.append((notebook, grade_id, label, source))
+        for notebook, answers in getattr(module, table, {}).items():
+            for grade_id, entries in answers.items():
+                for label, entry in entries.items():
+                    found.append(
+                        (notebook, grade_id, label, *(entry if table == "MISTAKES" else (entry,)))
+                    )
     return found
 
 
-VARIANTS = _load()
+VARIANTS = _load("VARIANTS")
+MISTAKES = _load("MISTAKES")
