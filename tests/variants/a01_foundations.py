@@ -508,3 +508,574 @@ def encoder_layer_parameter_count(d_model, d_ff):
         },
     },
 }
+
+MISTAKES = {
+    P: {
+        "sinusoidal_encoding": {
+            "sin-cos-swapped": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    freqs = 1.0 / 10000 ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    angles = position * freqs  # (T, C/2)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.cos(angles)
+    pe[:, 1::2] = torch.sin(angles)
+    return pe
+""",
+                "sin and cos are swapped",
+            ),
+            "concatenated": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    freqs = 1.0 / 10000 ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    angles = position * freqs  # (T, C/2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # (T, C)
+""",
+                "concatenated",
+            ),
+            "per-column-exponent": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    cols = torch.arange(d_model, dtype=torch.float32)  # each column its own exponent
+    angles = position / 10000 ** (cols / d_model)  # (T, C)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.sin(angles[:, 0::2])
+    pe[:, 1::2] = torch.cos(angles[:, 1::2])
+    return pe
+""",
+                "share one frequency",
+            ),
+            "positions-from-1": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(1, context_length + 1, dtype=torch.float32).unsqueeze(1)
+    freqs = 1.0 / 10000 ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.sin(position * freqs)
+    pe[:, 1::2] = torch.cos(position * freqs)
+    return pe
+""",
+                "positions start at 0",
+            ),
+            "doubled-2i": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    i = torch.arange(0, d_model, 2, dtype=torch.float32)  # 0, 2, 4, ... (already 2i)
+    angles = position / 10000 ** (2 * i / d_model)  # (T, C/2)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe
+""",
+                "exponent is doubled",
+            ),
+            "returns-float64": (
+                """
+def sinusoidal_encoding(context_length, d_model):
+    position = torch.arange(context_length, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (C/2,)
+    angles = position / 10000 ** (two_i / d_model)  # (T, C/2)
+    pe = torch.zeros(context_length, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe  # forgot .float()
+""",
+                "float32",
+            ),
+        },
+        "embed": {
+            "no-scale": (
+                """
+def embed(tokens, table, positions):
+    T = tokens.shape[1]
+    return table[tokens] + positions[:T]
+""",
+                "not multiplied by sqrt(d_model)",
+            ),
+            "scale-after-adding": (
+                """
+def embed(tokens, table, positions):
+    T, C = tokens.shape[1], table.shape[1]
+    return (table[tokens] + positions[:T]) * math.sqrt(C)
+""",
+                "scale only the token embeddings",
+            ),
+            "sqrt-vocab": (
+                """
+def embed(tokens, table, positions):
+    T = tokens.shape[1]
+    V, C = table.shape
+    return table[tokens] * math.sqrt(V) + positions[:T]
+""",
+                "not sqrt(vocab_size)",
+            ),
+            "last-positions": (
+                """
+def embed(tokens, table, positions):
+    T, C = tokens.shape[1], table.shape[1]
+    return table[tokens] * math.sqrt(C) + positions[-T:]
+""",
+                "not the last T",
+            ),
+            "len-is-batch": (
+                """
+def embed(tokens, table, positions):
+    T, C = len(tokens), table.shape[1]  # len() counts the batch, not the positions
+    return table[tokens] * math.sqrt(C) + positions[:T]
+""",
+                None,
+            ),
+            "power-precedence": (
+                """
+def embed(tokens, table, positions):
+    T, C = tokens.shape[1], table.shape[1]
+    return table[tokens] * C ** 1 / 2 + positions[:T]  # meant C ** (1/2): right only for C = 4
+""",
+                None,
+            ),
+        },
+        "layer_norm": {
+            "unbiased-var": (
+                """
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = x.var(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+""",
+                "use the biased variance",
+            ),
+            "eps-outside-sqrt": (
+                """
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt()
+    return (x - mean) / (std + eps) * weight + bias
+""",
+                "eps belongs inside the square root",
+            ),
+            "over-batch-dim": (
+                """
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=0, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=0, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+""",
+                "not over the batch",
+            ),
+            "dim-1-not-last": (
+                """
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=1, keepdim=True)  # the feature dim of an (N, C) input
+    var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+""",
+                "dim=1",
+            ),
+            "eps-hardcoded": (
+                """
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * weight + bias
+""",
+                None,
+            ),
+        },
+    },
+    B: {
+        "feed_forward": {
+            "no-transpose": (
+                """
+def feed_forward(x, w1, b1, w2, b2):
+    hidden = torch.relu(x @ w1 + b1)
+    return hidden @ w2 + b2
+""",
+                "(out_features, in_features)",
+            ),
+            "no-relu": (
+                """
+def feed_forward(x, w1, b1, w2, b2):
+    hidden = x @ w1.T + b1
+    return hidden @ w2.T + b2
+""",
+                "the ReLU between the two linear maps is missing",
+            ),
+            "relu-before-bias": (
+                """
+def feed_forward(x, w1, b1, w2, b2):
+    hidden = torch.relu(x @ w1.T) + b1
+    return hidden @ w2.T + b2
+""",
+                "the ReLU comes after adding b1",
+            ),
+            "relu-at-the-end": (
+                """
+def feed_forward(x, w1, b1, w2, b2):
+    hidden = torch.relu(x @ w1.T + b1)
+    return torch.relu(hidden @ w2.T + b2)
+""",
+                "no activation after the second linear map",
+            ),
+            "w2-not-transposed": (
+                """
+def feed_forward(x, w1, b1, w2, b2):
+    hidden = torch.relu(x @ w1.T + b1)  # (..., d_ff)
+    return hidden @ w2 + b2
+""",
+                "hidden @ w2.T",
+            ),
+        },
+        "residuals": {
+            "arrangements-swapped": (
+                """
+def post_norm_residual(x, sublayer, norm):
+    return x + sublayer(norm(x))
+
+
+def pre_norm_residual(x, sublayer, norm):
+    return norm(x + sublayer(x))
+""",
+                "this is p",
+            ),
+            "no-residual": (
+                """
+def post_norm_residual(x, sublayer, norm):
+    return norm(sublayer(x))
+
+
+def pre_norm_residual(x, sublayer, norm):
+    return sublayer(norm(x))
+""",
+                "the residual connection is missing",
+            ),
+            "norm-on-output": (
+                """
+def post_norm_residual(x, sublayer, norm):
+    return x + norm(sublayer(x))
+
+
+def pre_norm_residual(x, sublayer, norm):
+    return x + norm(sublayer(x))
+""",
+                "the norm is applied to the sublayer's output",
+            ),
+            "normed-skip": (
+                """
+def post_norm_residual(x, sublayer, norm):
+    return norm(x + sublayer(x))
+
+
+def pre_norm_residual(x, sublayer, norm):
+    x = norm(x)
+    return x + sublayer(x)
+""",
+                "the residual carries the un-normalized x",
+            ),
+            "inplace-add": (
+                """
+def post_norm_residual(x, sublayer, norm):
+    x += sublayer(x)
+    return norm(x)
+
+
+def pre_norm_residual(x, sublayer, norm):
+    x += sublayer(norm(x))
+    return x
+""",
+                "changed an input",
+            ),
+        },
+        "post_norm_layer": {
+            "mask-not-inverted": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        attended, _ = self.self_attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+''',
+                "padding_mask is True for real tokens",
+            ),
+            "mask-ignored": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        attended, _ = self.self_attn(x, x, x, need_weights=False)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+''',
+                "padding_mask is ignored",
+            ),
+            "pre-norm-arrangement": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=ignore, need_weights=False)[0]
+        return x + self.linear2(torch.relu(self.linear1(self.norm2(x))))
+''',
+                "this is the pre-norm arrangement",
+            ),
+            "gelu": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        attended, _ = self.self_attn(x, x, x, key_padding_mask=ignore, need_weights=False)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.linear2(nn.functional.gelu(self.linear1(x))))
+''',
+                "uses ReLU",
+            ),
+            "ffn-reads-layer-input": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        attended, _ = self.self_attn(x, x, x, key_padding_mask=ignore, need_weights=False)
+        h = self.norm1(x + attended)
+        return self.norm2(h + self.linear2(torch.relu(self.linear1(x))))  # x, not h
+''',
+                None,
+            ),
+            "invert-none": (
+                '''
+class PostNormEncoderLayer(nn.Module):
+    """Post-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        attended, _ = self.self_attn(
+            x, x, x, key_padding_mask=~padding_mask, need_weights=False
+        )  # fails when padding_mask is None
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+''',
+                None,
+            ),
+        },
+        "pre_norm_layer": {
+            "post-norm-arrangement": (
+                '''
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        attended, _ = self.self_attn(x, x, x, key_padding_mask=ignore, need_weights=False)
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.linear2(torch.relu(self.linear1(x))))
+''',
+                "this is the post-norm arrangement",
+            ),
+            "mask-not-inverted": (
+                '''
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=padding_mask, need_weights=False)[0]
+        return x + self.linear2(torch.relu(self.linear1(self.norm2(x))))
+''',
+                "padding_mask is True for real tokens",
+            ),
+            "no-residual": (
+                '''
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        h = self.norm1(x)
+        x = self.self_attn(h, h, h, key_padding_mask=ignore, need_weights=False)[0]
+        return self.linear2(torch.relu(self.linear1(self.norm2(x))))
+''',
+                "the residual connections are missing",
+            ),
+            "norm1-twice": (
+                '''
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=ignore, need_weights=False)[0]
+        return x + self.linear2(torch.relu(self.linear1(self.norm1(x))))  # norm2 never used
+''',
+                None,
+            ),
+            "normed-skip": (
+                '''
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm encoder layer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x, padding_mask=None):
+        ignore = None if padding_mask is None else ~padding_mask
+        x = self.norm1(x)
+        x = x + self.self_attn(x, x, x, key_padding_mask=ignore, need_weights=False)[0]
+        x = self.norm2(x)
+        return x + self.linear2(torch.relu(self.linear1(x)))
+''',
+                "un-normalized x",
+            ),
+        },
+        "parameter_count": {
+            "no-biases": (
+                """
+def encoder_layer_parameter_count(d_model, d_ff):
+    attention = 4 * d_model * d_model
+    ffn = 2 * d_model * d_ff
+    norms = 2 * 2 * d_model
+    return attention + ffn + norms
+""",
+                "biases are missing",
+            ),
+            "norm-gain-only": (
+                """
+def encoder_layer_parameter_count(d_model, d_ff):
+    attention = 4 * (d_model * d_model + d_model)
+    ffn = (d_model * d_ff + d_ff) + (d_ff * d_model + d_model)
+    norms = 2 * d_model  # one vector per norm
+    return attention + ffn + norms
+""",
+                "gain and a bias",
+            ),
+            "no-output-projection": (
+                """
+def encoder_layer_parameter_count(d_model, d_ff):
+    attention = 3 * (d_model * d_model + d_model)  # Q, K, V
+    ffn = (d_model * d_ff + d_ff) + (d_ff * d_model + d_model)
+    norms = 2 * 2 * d_model
+    return attention + ffn + norms
+""",
+                "output projection W^O",
+            ),
+            "ffn-bias-widths": (
+                """
+def encoder_layer_parameter_count(d_model, d_ff):
+    attention = 4 * (d_model * d_model + d_model)
+    ffn = 2 * (d_model * d_ff + d_model)  # a bias of width d_model on each map
+    norms = 2 * 2 * d_model
+    return attention + ffn + norms
+""",
+                None,
+            ),
+            "heads-floor-division": (
+                """
+def encoder_layer_parameter_count(d_model, d_ff):
+    n_heads = 8
+    d_head = d_model // n_heads
+    qkv = 3 * n_heads * (d_model * d_head + d_head)  # right only when 8 divides d_model
+    attention = qkv + d_model * d_model + d_model
+    ffn = (d_model * d_ff + d_ff) + (d_ff * d_model + d_model)
+    return attention + ffn + 4 * d_model
+""",
+                None,
+            ),
+        },
+    },
+}

@@ -318,3 +318,404 @@ def linear_attention(q, k, v):
         },
     },
 }
+
+# Wrong answers, as learners write them: (source, text the failure must contain, or None).
+MISTAKES = {
+    SDP: {
+        "attention": {
+            "sqrt-value-width": (
+                """
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1])  # right only when Dv == D
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+""",
+                "value width",
+            ),
+            "mask-after-softmax": (
+                """
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        weights = weights * mask  # zeroes the masked weights, but the rest no longer sum to 1
+    return weights @ v, weights
+""",
+                "after the softmax",
+            ),
+            "transpose-1-2": (
+                """
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # right only for 3-D inputs
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+""",
+                "k.transpose(-2, -1)",
+            ),
+            "d-k-from-shape-2": (
+                """
+def attention(q, k, v, mask=None):
+    d_k = q.shape[2]  # the width only for (B, T, D) inputs
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+""",
+                None,
+            ),
+            "mask-ignored": (
+                """
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+""",
+                "the mask is not applied",
+            ),
+            "mask-fill-zero": (
+                """
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(mask == 0, 0.0)
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+""",
+                "fill them with -inf",
+            ),
+        },
+        "causal_mask": {
+            "triu": (
+                """
+def causal_mask(T):
+    return torch.triu(torch.ones(T, T, dtype=torch.bool))
+""",
+                "transposed (torch.triu)",
+            ),
+            "no-diagonal": (
+                """
+def causal_mask(T):
+    return torch.ones(T, T, dtype=torch.bool).tril(diagonal=-1)
+""",
+                "the diagonal is missing",
+            ),
+            "float-mask": (
+                """
+def causal_mask(T):
+    return torch.tril(torch.ones(T, T))
+""",
+                "a mask is boolean",
+            ),
+            "true-marks-future": (
+                """
+def causal_mask(T):
+    return torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # nn.Transformer's way
+""",
+                "the mask is inverted",
+            ),
+        },
+        "sliding_window_mask": {
+            "one-too-many": (
+                """
+def sliding_window_mask(T, window):
+    offset = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    return (offset >= 0) & (offset <= window)
+""",
+                "one too many",
+            ),
+            "not-causal": (
+                """
+def sliding_window_mask(T, window):
+    offset = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    return offset.abs() < window
+""",
+                "the window must be causal",
+            ),
+            "leaves-out-self": (
+                """
+def sliding_window_mask(T, window):
+    offset = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    return (offset > 0) & (offset <= window)
+""",
+                "leaves out t itself",
+            ),
+            "negative-slice-start": (
+                """
+def sliding_window_mask(T, window):
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    for t in range(T):
+        mask[t, t - window + 1 : t + 1] = True  # a negative start wraps: rows t < window - 1
+    return mask
+""",
+                None,
+            ),
+        },
+        "combine_masks": {
+            "or-not-and": (
+                """
+def combine_masks(attn_mask, padding_mask):
+    return attn_mask | padding_mask[:, None, None, :]
+""",
+                "combine with AND",
+            ),
+            "no-head-axis": (
+                """
+def combine_masks(attn_mask, padding_mask):
+    return attn_mask & padding_mask[:, None, :]  # (B, T, S)
+""",
+                "keep a head axis",
+            ),
+            "padding-along-queries": (
+                """
+def combine_masks(attn_mask, padding_mask):
+    return attn_mask & padding_mask[:, None, :, None]  # runs only when T == S
+""",
+                "over the queries",
+            ),
+            "padding-inverted": (
+                """
+def combine_masks(attn_mask, padding_mask):
+    return attn_mask & ~padding_mask[:, None, None, :]
+""",
+                "not inverted",
+            ),
+        },
+    },
+    MH: {
+        "split_heads": {
+            "view-straight-to-bhtd": (
+                """
+def split_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, n_heads, T, C // n_heads)
+""",
+                "the features are scrambled",
+            ),
+            "no-transpose": (
+                """
+def split_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads)
+""",
+                "the head axis comes before the tokens",
+            ),
+            "interleaved": (
+                """
+def split_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)
+""",
+                "interleaved",
+            ),
+            "batch-of-one": (
+                """
+def split_heads(x, n_heads):
+    _, T, C = x.shape
+    return x.reshape(1, T, n_heads, C // n_heads).transpose(1, 2)  # as in the worked example
+""",
+                None,
+            ),
+        },
+        "merge_heads": {
+            "no-transpose": (
+                """
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.reshape(B, T, H * D)
+""",
+                "heads merged in the wrong order",
+            ),
+            "interleaved": (
+                """
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, T, H * D)
+""",
+                "interleaved",
+            ),
+            "view-after-transpose": (
+                """
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).view(B, T, H * D)
+""",
+                "Use .reshape(...) instead",
+            ),
+            "unpack-order": (
+                """
+def merge_heads(x):
+    B, T, H, D = x.shape  # the names of axes 1 and 2 swapped: right only when T == H
+    return x.transpose(1, 2).reshape(B, T, H * D)
+""",
+                None,
+            ),
+            "batch-of-one": (
+                """
+def merge_heads(x):
+    _, H, T, D = x.shape
+    return x[0].transpose(0, 1).reshape(1, T, H * D)
+""",
+                None,
+            ),
+        },
+        "multi_head_attention": {
+            "weights-not-transposed": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q = split_heads(x_q @ w_q, n_heads)
+    k = split_heads(x_kv @ w_k, n_heads)
+    v = split_heads(x_kv @ w_v, n_heads)
+    heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return merge_heads(heads) @ w_o
+""",
+                "x @ w.T",
+            ),
+            "scale-by-d-model": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    C = x_q.shape[-1]
+    q = split_heads(x_q @ w_q.T, n_heads)
+    k = split_heads(x_kv @ w_k.T, n_heads)
+    v = split_heads(x_kv @ w_v.T, n_heads)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    heads = torch.softmax(scores, dim=-1) @ v
+    return merge_heads(heads) @ w_o.T
+""",
+                "not by 1/sqrt(d_model)",
+            ),
+            "mask-as-causal-flag": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q = split_heads(x_q @ w_q.T, n_heads)
+    k = split_heads(x_kv @ w_k.T, n_heads)
+    v = split_heads(x_kv @ w_v.T, n_heads)
+    causal = mask is not None
+    heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return merge_heads(heads) @ w_o.T
+""",
+                "used as a flag meaning 'causal'",
+            ),
+            "view-kv-with-T": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    B, T, C = x_q.shape
+    D = C // n_heads
+    q = (x_q @ w_q.T).view(B, T, n_heads, D).transpose(1, 2)
+    k = (x_kv @ w_k.T).view(B, T, n_heads, D).transpose(1, 2)  # right only when S == T
+    v = (x_kv @ w_v.T).view(B, T, n_heads, D).transpose(1, 2)
+    heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return merge_heads(heads) @ w_o.T
+""",
+                None,
+            ),
+            "kv-from-x-q": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q = split_heads(x_q @ w_q.T, n_heads)
+    k = split_heads(x_q @ w_k.T, n_heads)  # right only for self-attention
+    v = split_heads(x_q @ w_v.T, n_heads)
+    heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return merge_heads(heads) @ w_o.T
+""",
+                "k and v from x_kv",
+            ),
+            "no-scale": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q = split_heads(x_q @ w_q.T, n_heads)
+    k = split_heads(x_kv @ w_k.T, n_heads)
+    v = split_heads(x_kv @ w_v.T, n_heads)
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return merge_heads(torch.softmax(scores, dim=-1) @ v) @ w_o.T
+""",
+                "the scores are not scaled",
+            ),
+            "mask-unsqueezed-for-heads": (
+                """
+def multi_head_attention(x_q, x_kv, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q = split_heads(x_q @ w_q.T, n_heads)
+    k = split_heads(x_kv @ w_k.T, n_heads)
+    v = split_heads(x_kv @ w_v.T, n_heads)
+    if mask is not None:
+        mask = mask.unsqueeze(1)  # "add the head axis"
+    heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return merge_heads(heads) @ w_o.T
+""",
+                "use it as given",
+            ),
+        },
+        "linear_attention": {
+            "relu-feature-map": (
+                """
+def linear_attention(q, k, v):
+    phi_q, phi_k = torch.relu(q), torch.relu(k)
+    kv = phi_k.transpose(-2, -1) @ v
+    normalizer = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)
+    return (phi_q @ kv) / (normalizer + 1e-6)
+""",
+                "not relu",
+            ),
+            "no-normalizer": (
+                """
+def linear_attention(q, k, v):
+    phi_q = torch.nn.functional.elu(q) + 1
+    phi_k = torch.nn.functional.elu(k) + 1
+    return phi_q @ (phi_k.transpose(-2, -1) @ v)
+""",
+                "the normalizer is missing",
+            ),
+            "attention-matrix-first": (
+                """
+def linear_attention(q, k, v):
+    phi_q = torch.nn.functional.elu(q) + 1
+    phi_k = torch.nn.functional.elu(k) + 1
+    scores = phi_q @ phi_k.transpose(-2, -1)  # (T, S): the quadratic order
+    return (scores @ v) / scores.sum(dim=-1, keepdim=True)
+""",
+                "never forms the T x S attention matrix",
+            ),
+            "mean-normalizer": (
+                """
+def linear_attention(q, k, v):
+    phi_q = torch.nn.functional.elu(q) + 1
+    phi_k = torch.nn.functional.elu(k) + 1
+    kv = phi_k.transpose(-2, -1) @ v
+    normalizer = phi_q @ phi_k.mean(dim=-2).unsqueeze(-1)
+    return (phi_q @ kv) / (normalizer + 1e-6)
+""",
+                None,
+            ),
+            "elu-without-plus-one": (
+                """
+def linear_attention(q, k, v):
+    phi_q = torch.nn.functional.elu(q)
+    phi_k = torch.nn.functional.elu(k)
+    kv = phi_k.transpose(-2, -1) @ v
+    normalizer = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)
+    return (phi_q @ kv) / (normalizer + 1e-6)
+""",
+                "elu alone is negative",
+            ),
+            "transpose-1-2": (
+                """
+def linear_attention(q, k, v):
+    phi_q = torch.nn.functional.elu(q) + 1
+    phi_k = torch.nn.functional.elu(k) + 1
+    kv = phi_k.transpose(1, 2) @ v  # right only for 3-D inputs
+    normalizer = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)
+    return (phi_q @ kv) / (normalizer + 1e-6)
+""",
+                "not k.transpose(1, 2)",
+            ),
+        },
+    },
+}

@@ -526,3 +526,500 @@ def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
         },
     },
 }
+
+MISTAKES = {
+    L: {
+        "transformer_lr": {
+            "zero-based-step": (
+                """
+def transformer_lr(step, d_model, warmup_steps):
+    if step < 1:
+        raise ValueError("steps count from 1")
+    n = step + 1  # the optimizer counts from 0, the paper from 1
+    return d_model**-0.5 * min(n**-0.5, n * warmup_steps**-1.5)
+""",
+                "the peak comes one step early",
+            ),
+            "max-not-min": (
+                """
+def transformer_lr(step, d_model, warmup_steps):
+    if step < 1:
+        raise ValueError("steps count from 1")
+    return d_model**-0.5 * max(step**-0.5, step * warmup_steps**-1.5)
+""",
+                "max instead of min",
+            ),
+            "no-d-model-scale": (
+                """
+def transformer_lr(step, d_model, warmup_steps):
+    if step < 1:
+        raise ValueError("steps count from 1")
+    return min(step**-0.5, step * warmup_steps**-1.5)
+""",
+                "d_model^-0.5 in front is missing",
+            ),
+            "ramp-to-d-model-peak": (
+                """
+def transformer_lr(step, d_model, warmup_steps):
+    if step < 1:
+        raise ValueError("steps count from 1")
+    peak = d_model**-0.5
+    if step < warmup_steps:
+        return peak * step / warmup_steps  # linear warm-up to the peak
+    return peak * (warmup_steps / step) ** 0.5
+""",
+                None,
+            ),
+        },
+        "teacher_forcing": {
+            "shifted-left": (
+                """
+def teacher_forcing(targets, bos_id, pad_id):
+    pad = torch.full_like(targets[:, :1], pad_id)
+    decoder_inputs = torch.cat([targets[:, 1:], pad], dim=1)
+    return decoder_inputs, targets
+""",
+                "shifted the wrong way",
+            ),
+            "hard-coded-bos": (
+                """
+def teacher_forcing(targets, bos_id, pad_id):
+    bos = torch.ones_like(targets[:, :1])  # <bos> is id 1
+    decoder_inputs = torch.cat([bos, targets[:, :-1]], dim=1)
+    return decoder_inputs, targets
+""",
+                "not a fixed id",
+            ),
+            "labels-shifted-too": (
+                """
+def teacher_forcing(targets, bos_id, pad_id):
+    bos = torch.full_like(targets[:, :1], bos_id)
+    decoder_inputs = torch.cat([bos, targets[:, :-1]], dim=1)
+    pad = torch.full_like(targets[:, :1], pad_id)
+    labels = torch.cat([targets[:, 1:], pad], dim=1)  # the next token
+    return decoder_inputs, labels
+""",
+                "the labels are the targets themselves, unshifted",
+            ),
+            "in-place-on-targets": (
+                """
+def teacher_forcing(targets, bos_id, pad_id):
+    labels = targets
+    decoder_inputs = targets
+    decoder_inputs[:, 1:] = labels[:, :-1].clone()
+    decoder_inputs[:, 0] = bos_id
+    return decoder_inputs, labels
+""",
+                "changed an input it was given",
+            ),
+        },
+        "smoothed_loss": {
+            "smoothing-over-v-minus-1": (
+                """
+def smoothed_loss(logits, targets, smoothing, pad_id):
+    V = logits.shape[-1]
+    log_p = torch.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    others = -log_p.sum(dim=-1) - nll  # the V - 1 wrong classes
+    loss = (1 - smoothing) * nll + smoothing / (V - 1) * others
+    keep = targets != pad_id
+    return loss[keep].mean()
+""",
+                "spread over the V - 1 wrong classes",
+            ),
+            "pad-in-mean": (
+                """
+def smoothed_loss(logits, targets, smoothing, pad_id):
+    log_p = torch.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    loss = (1 - smoothing) * nll + smoothing * -log_p.mean(dim=-1)
+    loss = loss * (targets != pad_id)
+    return loss.mean()
+""",
+                "the padding positions are counted in the mean",
+            ),
+            "mean-of-sequence-means": (
+                """
+def smoothed_loss(logits, targets, smoothing, pad_id):
+    log_p = torch.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    loss = (1 - smoothing) * nll + smoothing * -log_p.mean(dim=-1)
+    keep = (targets != pad_id).to(loss.dtype)
+    per_sequence = (loss * keep).sum(dim=1) / keep.sum(dim=1)  # (B,)
+    return per_sequence.mean()
+""",
+                "the mean of each sequence's mean loss",
+            ),
+            "pad-id-zero": (
+                """
+def smoothed_loss(logits, targets, smoothing, pad_id):
+    log_p = torch.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    loss = (1 - smoothing) * nll + smoothing * -log_p.mean(dim=-1)
+    keep = targets != 0  # padding is id 0
+    return loss[keep].mean()
+""",
+                "not a fixed 0",
+            ),
+        },
+        "clip_gradients": {
+            "per-parameter": (
+                """
+def clip_gradients(parameters, max_norm):
+    norms = []
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = p.grad.norm()
+        norms.append(norm)
+        p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return torch.stack(norms).norm()
+""",
+                "each parameter's gradient is clipped on its own",
+            ),
+            "always-rescale": (
+                """
+def clip_gradients(parameters, max_norm):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.norm() for g in grads]).norm()
+    for g in grads:
+        g.mul_(max_norm / (total + 1e-6))
+    return total
+""",
+                "scaled up although their norm was already below max_norm",
+            ),
+            "generator-read-twice": (
+                """
+def clip_gradients(parameters, max_norm):
+    total = torch.zeros((), dtype=torch.float64)
+    for p in parameters:
+        if p.grad is not None:
+            total = total + p.grad.pow(2).sum()
+    total = total.sqrt()
+    factor = min(1.0, float(max_norm / (total + 1e-6)))
+    for p in parameters:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+    return total
+""",
+                "can be iterated only once",
+            ),
+            "not-in-place": (
+                """
+def clip_gradients(parameters, max_norm):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.norm() for g in grads]).norm()
+    factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g = g * factor
+    return total
+""",
+                "the gradients were not changed",
+            ),
+        },
+        "training_step": {
+            "no-zero-grad": (
+                """
+def training_step(model, batch, optimizer, max_norm, bos_id, pad_id):
+    src, src_padding_mask, tgt = batch
+    decoder_inputs, labels = teacher_forcing(tgt, bos_id, pad_id)
+    logits = model(src, decoder_inputs, src_padding_mask)
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=pad_id)
+    loss.backward()
+    clip_gradients(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item()
+""",
+                "the gradients are not zeroed",
+            ),
+            "sum-reduction": (
+                """
+def training_step(model, batch, optimizer, max_norm, bos_id, pad_id):
+    src, src_padding_mask, tgt = batch
+    decoder_inputs, labels = teacher_forcing(tgt, bos_id, pad_id)
+    logits = model(src, decoder_inputs, src_padding_mask)
+    V = logits.shape[-1]
+    loss = F.cross_entropy(
+        logits.reshape(-1, V), labels.reshape(-1), ignore_index=pad_id, reduction="sum"
+    )
+    optimizer.zero_grad()
+    loss.backward()
+    clip_gradients(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item()
+""",
+                "the loss is summed over the positions",
+            ),
+            "clip-after-step": (
+                """
+def training_step(model, batch, optimizer, max_norm, bos_id, pad_id):
+    src, src_padding_mask, tgt = batch
+    decoder_inputs, labels = teacher_forcing(tgt, bos_id, pad_id)
+    logits = model(src, decoder_inputs, src_padding_mask)
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=pad_id)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    clip_gradients(model.parameters(), max_norm)
+    return loss.item()
+""",
+                "the gradients were not clipped before optimizer.step()",
+            ),
+            "ignore-index-zero": (
+                """
+def training_step(model, batch, optimizer, max_norm, bos_id, pad_id):
+    src, src_padding_mask, tgt = batch
+    decoder_inputs, labels = teacher_forcing(tgt, bos_id, pad_id)
+    logits = model(src, decoder_inputs, src_padding_mask)
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=0)
+    optimizer.zero_grad()
+    loss.backward()
+    clip_gradients(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item()
+""",
+                "not a fixed 0",
+            ),
+        },
+    },
+    D: {
+        "merge_pair": {
+            "overlapping": (
+                """
+def merge_pair(ids, pair, new_id):
+    out = []
+    for i in range(len(ids)):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+        elif i > 0 and ids[i - 1] == pair[0] and ids[i] == pair[1]:
+            continue  # the second half of a merged pair
+        else:
+            out.append(ids[i])
+    return out
+""",
+                "the merges overlap",
+            ),
+            "last-id-dropped": (
+                """
+def merge_pair(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+""",
+                "the last id went missing",
+            ),
+            "string-replace": (
+                """
+def merge_pair(ids, pair, new_id):
+    text = " " + " ".join(str(i) for i in ids) + " "
+    text = text.replace(f" {pair[0]} {pair[1]} ", f" {new_id} ")
+    return [int(t) for t in text.split()]
+""",
+                None,
+            ),
+            "in-place-slice": (
+                """
+def merge_pair(ids, pair, new_id):
+    i = 0
+    while i < len(ids) - 1:
+        if ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            ids[i : i + 2] = [new_id]
+        i += 1
+    return list(ids)
+""",
+                "changed an input it was given",
+            ),
+        },
+        "most_frequent_pair": {
+            "unweighted": (
+                """
+def most_frequent_pair(word_counts):
+    counts = {}
+    for word in word_counts:
+        for pair in zip(word, word[1:]):
+            counts[pair] = counts.get(pair, 0) + 1
+    if not counts:
+        return None
+    return min(counts, key=lambda pair: (-counts[pair], pair))
+""",
+                "each word counted once",
+            ),
+            "set-of-pairs-per-word": (
+                """
+def most_frequent_pair(word_counts):
+    counts = {}
+    for word, n in word_counts.items():
+        for pair in set(zip(word, word[1:])):
+            counts[pair] = counts.get(pair, 0) + n
+    if not counts:
+        return None
+    return min(counts, key=lambda pair: (-counts[pair], pair))
+""",
+                "count every occurrence of a pair inside a word",
+            ),
+            "max-first-found": (
+                """
+def most_frequent_pair(word_counts):
+    counts = {}
+    for word, n in word_counts.items():
+        for pair in zip(word, word[1:]):
+            counts[pair] = counts.get(pair, 0) + n
+    if not counts:
+        return None
+    return max(counts, key=counts.get)
+""",
+                "not to the first pair found",
+            ),
+            "ties-by-string": (
+                """
+def most_frequent_pair(word_counts):
+    counts = {}
+    for word, n in word_counts.items():
+        for pair in zip(word, word[1:]):
+            counts[pair] = counts.get(pair, 0) + n
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min((pair for pair, c in counts.items() if c == top), key=str)
+""",
+                "not as strings",
+            ),
+        },
+        "mask_tokens": {
+            "special-tokens-selected": (
+                """
+def mask_tokens(tokens, mask_id, vocab_size, special_ids, p, generator):
+    selected = torch.rand(tokens.shape, generator=generator) < p
+    kind = torch.rand(tokens.shape, generator=generator)
+    ordinary = torch.tensor([i for i in range(vocab_size) if i not in special_ids and i != mask_id])
+    pick = ordinary[torch.randint(len(ordinary), tokens.shape, generator=generator)]
+    inputs = torch.where(selected & (kind < 0.8), mask_id, tokens)
+    inputs = torch.where(selected & (kind >= 0.8) & (kind < 0.9), pick, inputs)
+    labels = torch.where(selected, tokens, -100)
+    return inputs, labels
+""",
+                "special tokens (padding, [CLS], ...) were selected",
+            ),
+            "all-to-mask": (
+                """
+def mask_tokens(tokens, mask_id, vocab_size, special_ids, p, generator):
+    special = torch.tensor([*special_ids, mask_id])
+    selected = ~torch.isin(tokens, special) & (torch.rand(tokens.shape, generator=generator) < p)
+    inputs = tokens.masked_fill(selected, mask_id)
+    labels = tokens.masked_fill(~selected, -100)
+    return inputs, labels
+""",
+                "every selected token became [MASK]",
+            ),
+            "ten-percent-of-the-rest": (
+                """
+def mask_tokens(tokens, mask_id, vocab_size, special_ids, p, generator):
+    special = torch.tensor([*special_ids, mask_id])
+    selected = ~torch.isin(tokens, special) & (torch.rand(tokens.shape, generator=generator) < p)
+    to_mask = selected & (torch.rand(tokens.shape, generator=generator) < 0.8)
+    rest = selected & ~to_mask
+    to_random = rest & (torch.rand(tokens.shape, generator=generator) < 0.1)
+    ordinary = torch.tensor([i for i in range(vocab_size) if i not in special.tolist()])
+    pick = ordinary[torch.randint(len(ordinary), tokens.shape, generator=generator)]
+    inputs = torch.where(to_mask, mask_id, torch.where(to_random, pick, tokens))
+    labels = torch.where(selected, tokens, -100)
+    return inputs, labels
+""",
+                "only 10% of the remaining 20% became random tokens",
+            ),
+            "random-from-whole-vocab": (
+                """
+def mask_tokens(tokens, mask_id, vocab_size, special_ids, p, generator):
+    special = torch.tensor([*special_ids, mask_id])
+    selected = ~torch.isin(tokens, special) & (torch.rand(tokens.shape, generator=generator) < p)
+    kind = torch.rand(tokens.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, tokens.shape, generator=generator)
+    inputs = torch.where(selected & (kind < 0.8), mask_id, tokens)
+    inputs = torch.where(selected & (kind >= 0.8) & (kind < 0.9), random_ids, inputs)
+    labels = torch.where(selected, tokens, -100)
+    return inputs, labels
+""",
+                "a random replacement was a special token",
+            ),
+        },
+        "greedy_translate": {
+            "finished-rows-not-filled": (
+                """
+def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src, src_padding_mask)
+        tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long)
+        for _ in range(max_len):
+            logits = model.decode(tokens, memory, src_padding_mask)
+            next_token = logits[:, -1].argmax(dim=-1)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if (tokens == eos_id).any(dim=1).all():  # every row has written <eos>
+                break
+    return tokens
+""",
+                "must keep writing <eos>",
+            ),
+            "stop-at-first-eos": (
+                """
+def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src, src_padding_mask)
+        tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long)
+        for _ in range(max_len):
+            logits = model.decode(tokens, memory, src_padding_mask)
+            next_token = logits[:, -1].argmax(dim=-1)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if (next_token == eos_id).any():
+                break
+    return tokens
+""",
+                "stop only when every row has",
+            ),
+            "first-position-logits": (
+                """
+def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src, src_padding_mask)
+        tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long)
+        done = torch.zeros(src.shape[0], dtype=torch.bool)
+        for _ in range(max_len):
+            logits = model.decode(tokens, memory, src_padding_mask)
+            next_token = logits[:, 0].argmax(dim=-1).masked_fill(done, eos_id)
+            done = done | (next_token == eos_id)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if done.all():
+                break
+    return tokens
+""",
+                "every step predicts from <bos> alone",
+            ),
+            "max-len-counts-bos": (
+                """
+def greedy_translate(model, src, src_padding_mask, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src, src_padding_mask)
+        tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long)
+        done = torch.zeros(src.shape[0], dtype=torch.bool)
+        while tokens.shape[1] < max_len:  # max_len tokens in all
+            logits = model.decode(tokens, memory, src_padding_mask)
+            next_token = logits[:, -1].argmax(dim=-1).masked_fill(done, eos_id)
+            done = done | (next_token == eos_id)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if done.all():
+                break
+    return tokens
+""",
+                "max_len counts the new tokens",
+            ),
+        },
+    },
+}

@@ -405,3 +405,385 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature, alph
         },
     },
 }
+
+MISTAKES = {
+    P1: {
+        "parameter_count": {
+            "no-biases": (
+                """
+def parameter_count(vocab_size, context_length, d_model, n_layers, d_ff):
+    C = d_model
+    attention = 4 * C * C  # Q, K, V, output
+    feed_forward = C * d_ff + d_ff * C
+    norms = 2 * (2 * C)
+    layer = attention + feed_forward + norms
+    return vocab_size * C + context_length * C + n_layers * layer + 2 * C
+""",
+                "the biases are missing",
+            ),
+            "output-counted-again": (
+                """
+def parameter_count(vocab_size, context_length, d_model, n_layers, d_ff):
+    C = d_model
+    layer = 4 * (C * C + C) + (C * d_ff + d_ff) + (d_ff * C + C) + 2 * (2 * C)
+    embeddings = vocab_size * C + context_length * C
+    unembedding = C * vocab_size  # the output projection onto the vocabulary
+    return embeddings + n_layers * layer + 2 * C + unembedding
+""",
+                "it is tied to the token embedding",
+            ),
+            "no-final-norm": (
+                """
+def parameter_count(vocab_size, context_length, d_model, n_layers, d_ff):
+    C = d_model
+    layer = 4 * (C * C + C) + (C * d_ff + d_ff) + (d_ff * C + C) + 2 * (2 * C)
+    return vocab_size * C + context_length * C + n_layers * layer
+""",
+                "the final layer norm of the pre-norm stack",
+            ),
+            "d-ff-taken-as-4c": (
+                """
+def parameter_count(vocab_size, context_length, d_model, n_layers, d_ff):
+    C = d_model
+    H = 4 * C  # the feed-forward width
+    layer = 4 * (C * C + C) + (C * H + H) + (H * C + C) + 4 * C
+    return (vocab_size + context_length) * C + n_layers * layer + 2 * C
+""",
+                None,
+            ),
+        },
+        "forward_flops": {
+            "no-attention-products": (
+                """
+def forward_flops(vocab_size, d_model, n_layers, d_ff, seq_len):
+    C, T = d_model, seq_len
+    per_layer = 2 * T * 4 * C * C + 2 * T * 2 * C * d_ff
+    return n_layers * per_layer + 2 * T * vocab_size * C
+""",
+                "attention's two products are missing",
+            ),
+            "one-flop-per-multiply-add": (
+                """
+def forward_flops(vocab_size, d_model, n_layers, d_ff, seq_len):
+    C, T = d_model, seq_len
+    per_layer = T * 4 * C * C + 2 * T * T * C + T * 2 * C * d_ff  # one multiply-add each
+    return n_layers * per_layer + T * vocab_size * C
+""",
+                "a multiply-add counts as 2 FLOPs",
+            ),
+            "causal-half": (
+                """
+def forward_flops(vocab_size, d_model, n_layers, d_ff, seq_len):
+    C, T = d_model, seq_len
+    maps = 2 * T * 4 * C * C
+    scores_and_mix = 2 * (2 * T * T * C) // 2  # the causal mask hides half of the scores
+    feed_forward = 2 * T * 2 * C * d_ff
+    return n_layers * (maps + scores_and_mix + feed_forward) + 2 * T * vocab_size * C
+""",
+                "only half of attention's products are counted",
+            ),
+            "attention-t-c-swapped": (
+                """
+def forward_flops(vocab_size, d_model, n_layers, d_ff, seq_len):
+    C, T = d_model, seq_len
+    maps = 2 * T * 4 * C * C
+    scores_and_mix = 2 * (2 * T * C * C)  # (T x C) @ (C x T) and (T x T) @ (T x C)
+    feed_forward = 2 * T * 2 * C * d_ff
+    return n_layers * (maps + scores_and_mix + feed_forward) + 2 * T * vocab_size * C
+""",
+                None,
+            ),
+        },
+        "accumulate_gradients": {
+            "loss-not-divided": (
+                """
+def accumulate_gradients(model, inputs, targets, n_micro):
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(n_micro), targets.chunk(n_micro)):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+""",
+                "must be divided by the number of micro-batches",
+            ),
+            "zero-grad-in-loop": (
+                """
+def accumulate_gradients(model, inputs, targets, n_micro):
+    for x, y in zip(inputs.chunk(n_micro), targets.chunk(n_micro)):
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y) / n_micro
+        loss.backward()
+""",
+                "zeroed inside the loop",
+            ),
+            "split-by-n-micro": (
+                """
+def accumulate_gradients(model, inputs, targets, n_micro):
+    model.zero_grad()
+    for x, y in zip(inputs.split(n_micro), targets.split(n_micro)):
+        loss = F.cross_entropy(model(x), y) / n_micro
+        loss.backward()
+""",
+                "the micro-batches hold n_micro examples each",
+            ),
+            "divided-by-micro-size": (
+                """
+def accumulate_gradients(model, inputs, targets, n_micro):
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(n_micro), targets.chunk(n_micro)):
+        loss = F.cross_entropy(model(x), y) / len(x)
+        loss.backward()
+""",
+                None,
+            ),
+        },
+        "fit_power_law": {
+            "no-logs": (
+                """
+def fit_power_law(n, loss):
+    x, y = n, loss
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    intercept = y.mean() - slope * x.mean()
+    return -slope.item(), math.exp(intercept.item())
+""",
+                "the fit is on n and loss themselves",
+            ),
+            "axes-swapped": (
+                """
+def fit_power_law(n, loss):
+    x, y = torch.log(loss), torch.log(n)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    intercept = y.mean() - slope * x.mean()
+    # log n = intercept + slope log L, so log L = -intercept / slope + (1 / slope) log n
+    return -(1 / slope).item(), torch.exp(-intercept / slope).item()
+""",
+                "the regression is of log(n) on log(loss)",
+            ),
+            "log10-then-exp": (
+                """
+def fit_power_law(n, loss):
+    x, y = torch.log10(n), torch.log10(loss)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    intercept = y.mean() - slope * x.mean()
+    return -slope.item(), math.exp(intercept.item())
+""",
+                "the fit used log10 but a = exp(intercept)",
+            ),
+            "first-and-last-points": (
+                """
+def fit_power_law(n, loss):
+    x, y = torch.log(n), torch.log(loss)
+    slope = (y[-1] - y[0]) / (x[-1] - x[0])  # a straight line through the end points
+    intercept = y[0] - slope * x[0]
+    return -slope.item(), torch.exp(intercept).item()
+""",
+                None,
+            ),
+        },
+    },
+    P2: {
+        "kv_attention_step": {
+            "cat-on-heads-axis": (
+                """
+def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
+    keys = torch.cat([cache_k, k_new], dim=1)
+    values = torch.cat([cache_v, v_new], dim=1)
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ values, keys, values
+""",
+                "the cache is appended on dim 1",
+            ),
+            "cache-only": (
+                """
+def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
+    keys = torch.cat([cache_k, k_new], dim=2)
+    values = torch.cat([cache_v, v_new], dim=2)
+    scores = q @ cache_k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # the cached tokens
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ cache_v, keys, values
+""",
+                "the new token does not attend to itself",
+            ),
+            "new-first": (
+                """
+def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
+    keys = torch.cat([k_new, cache_k], dim=2)
+    values = torch.cat([v_new, cache_v], dim=2)
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ values, keys, values
+""",
+                "was put in front of the cache",
+            ),
+            "scaled-by-sequence-length": (
+                """
+def kv_attention_step(q, k_new, v_new, cache_k, cache_v):
+    keys = torch.cat([cache_k, k_new], dim=2)
+    values = torch.cat([cache_v, v_new], dim=2)
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(keys.shape[-2])
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ values, keys, values
+""",
+                None,
+            ),
+        },
+        "quantize_per_channel": {
+            "one-global-scale": (
+                """
+def quantize_per_channel(w):
+    scale = w.abs().max().float() / 127
+    q = torch.round(w.float() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale.expand(w.shape[0], 1).clone()
+""",
+                "one scale for the whole matrix",
+            ),
+            "no-round": (
+                """
+def quantize_per_channel(w):
+    scale = w.abs().amax(dim=1, keepdim=True).float() / 127
+    q = (w.float() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale
+""",
+                "the values are truncated",
+            ),
+            "max-over-columns": (
+                """
+def quantize_per_channel(w):
+    scale = w.abs().amax(dim=0, keepdim=True).float() / 127
+    q = torch.round(w.float() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale
+""",
+                "one scale per input column",
+            ),
+            "max-not-abs": (
+                """
+def quantize_per_channel(w):
+    scale = w.amax(dim=1, keepdim=True).float() / 127
+    q = torch.round(w.float() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale
+""",
+                "not the largest magnitude",
+            ),
+            "no-float32-cast": (
+                """
+def quantize_per_channel(w):
+    scale = w.abs().amax(dim=1, keepdim=True) / 127  # the dtype of w, not float32
+    q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale
+""",
+                "the scale is float32",
+            ),
+        },
+        "magnitude_mask": {
+            "largest-pruned": (
+                """
+def magnitude_mask(weight, amount):
+    k = round(amount * weight.numel())
+    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    if k > 0:
+        keep[torch.topk(weight.abs().flatten(), k).indices] = False
+    return keep.view(weight.shape)
+""",
+                "the largest weights were pruned",
+            ),
+            "signed-value": (
+                """
+def magnitude_mask(weight, amount):
+    k = round(amount * weight.numel())
+    order = torch.argsort(weight.flatten())
+    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    keep[order[:k]] = False
+    return keep.view(weight.shape)
+""",
+                "ranked by their signed value",
+            ),
+            "int-truncates": (
+                """
+def magnitude_mask(weight, amount):
+    k = int(amount * weight.numel())
+    order = torch.argsort(weight.abs().flatten())
+    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    keep[order[:k]] = False
+    return keep.view(weight.shape)
+""",
+                "the number pruned is rounded down",
+            ),
+            "threshold-one-past": (
+                """
+def magnitude_mask(weight, amount):
+    k = round(amount * weight.numel())
+    threshold = weight.abs().flatten().sort().values[k]  # the k-th smallest |w|
+    return weight.abs() > threshold
+""",
+                "one weight too many",
+            ),
+            "round-half-up": (
+                """
+def magnitude_mask(weight, amount):
+    k = int(amount * weight.numel() + 0.5)  # rounds x.5 up; round() rounds it to even
+    keep = torch.ones(weight.numel(), dtype=torch.bool)
+    keep[torch.argsort(weight.abs().flatten())[:k]] = False
+    return keep.view(weight.shape)
+""",
+                "rounds a half to the even integer",
+            ),
+        },
+        "distillation_loss": {
+            "no-t-squared": (
+                """
+def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    T = temperature
+    log_p_student = torch.log_softmax(student_logits / T, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher_logits.detach() / T, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1).mean()
+    return alpha * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+""",
+                "the soft term is not multiplied by T^2",
+            ),
+            "kl-reversed": (
+                """
+def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    T = temperature
+    log_p_student = torch.log_softmax(student_logits / T, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher_logits.detach() / T, dim=-1)
+    kl = (log_p_student.exp() * (log_p_student - log_p_teacher)).sum(dim=-1).mean()
+    return alpha * T**2 * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+""",
+                "the KL divergence is reversed",
+            ),
+            "teacher-not-detached": (
+                """
+def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    T = temperature
+    log_p_student = torch.log_softmax(student_logits / T, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher_logits / T, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1).mean()
+    return alpha * T**2 * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+""",
+                "detach its logits",
+            ),
+            "teacher-not-softened": (
+                """
+def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    T = temperature
+    log_p_student = torch.log_softmax(student_logits / T, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher_logits.detach(), dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1).mean()
+    return alpha * T**2 * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+""",
+                "the teacher's logits must be divided by the temperature",
+            ),
+            "soft-cross-entropy": (
+                """
+def distillation_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    T = temperature
+    log_p_student = torch.log_softmax(student_logits / T, dim=-1)
+    p_teacher = torch.softmax(teacher_logits.detach() / T, dim=-1)
+    soft = -(p_teacher * log_p_student).sum(dim=-1).mean()  # soft-target cross-entropy
+    return alpha * T**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, targets)
+""",
+                "subtract the teacher's entropy",
+            ),
+        },
+    },
+}

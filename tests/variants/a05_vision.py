@@ -411,3 +411,409 @@ def info_nce(image_emb, text_emb, temperature):
         },
     },
 }
+
+MISTAKES = {
+    P: {
+        "patchify": {
+            "channels-last": (
+                """
+def patchify(images, patch_size):
+    B, C, H, W = images.shape
+    P = patch_size
+    x = images.reshape(B, C, H // P, P, W // P, P)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, P, P, C)
+    return x.reshape(B, (H // P) * (W // P), -1)
+""",
+                "flatten it as (C, P, P)",
+            ),
+            "plain-reshape": (
+                """
+def patchify(images, patch_size):
+    B, C, H, W = images.shape
+    N = (H // patch_size) * (W // patch_size)
+    return images.reshape(B, N, C * patch_size * patch_size)
+""",
+                "a plain reshape does not cut patches",
+            ),
+            "column-major": (
+                """
+def patchify(images, patch_size):
+    B, C, H, W = images.shape
+    P = patch_size
+    x = images.reshape(B, C, H // P, P, W // P, P)
+    x = x.permute(0, 4, 2, 1, 3, 5)  # (B, cols, rows, C, P, P)
+    return x.reshape(B, -1, C * P * P)
+""",
+                "column-major order",
+            ),
+            "height-width-swapped": (
+                """
+def patchify(images, patch_size):
+    B, C, W, H = images.shape  # width, then height
+    P = patch_size
+    x = images.reshape(B, C, H // P, P, W // P, P)
+    x = x.permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, -1, C * P * P)
+""",
+                "its height is dim 2",
+            ),
+        },
+        "patch_embedding": {
+            "kernel-channels-last": (
+                """
+def patch_embedding(images, weight, bias, patch_size):
+    d = weight.shape[0]
+    patches = patchify(images, patch_size)
+    kernel = weight.permute(0, 2, 3, 1).reshape(d, -1)  # (d, P*P*C)
+    return patches @ kernel.T + bias
+""",
+                "the kernel is flattened as (d, P, P, C)",
+            ),
+            "kernel-reshaped-straight": (
+                """
+def patch_embedding(images, weight, bias, patch_size):
+    d = weight.shape[0]
+    patches = patchify(images, patch_size)
+    return patches @ weight.reshape(-1, d) + bias
+""",
+                "reshaped straight to (C*P*P, d)",
+            ),
+            "no-bias": (
+                """
+def patch_embedding(images, weight, bias, patch_size):
+    patches = patchify(images, patch_size)
+    return patches @ weight.flatten(1).T
+""",
+                "the bias is missing",
+            ),
+            "conv-layout": (
+                """
+def patch_embedding(images, weight, bias, patch_size):
+    d = weight.shape[0]
+    patches = patchify(images, patch_size)  # (B, N, C*P*P)
+    out = weight.reshape(d, -1) @ patches.transpose(1, 2)  # (B, d, N)
+    return out + bias[:, None]
+""",
+                "a convolution's layout",
+            ),
+            "batch-of-one": (
+                """
+def patch_embedding(images, weight, bias, patch_size):
+    d = weight.shape[0]
+    patches = patchify(images, patch_size).squeeze(0)  # (N, C*P*P)
+    out = torch.mm(patches, weight.reshape(d, -1).t()) + bias
+    return out.unsqueeze(0)
+""",
+                None,
+            ),
+        },
+        "add_cls_and_positions": {
+            "cls-added-not-concatenated": (
+                """
+def add_cls_and_positions(tokens, cls_token, pos_embed):
+    return tokens + cls_token + pos_embed[1:]
+""",
+                "concatenate it in front",
+            ),
+            "cls-appended": (
+                """
+def add_cls_and_positions(tokens, cls_token, pos_embed):
+    B, N, C = tokens.shape
+    cls = cls_token.expand(B, 1, C)
+    return torch.cat([tokens, cls], dim=1) + pos_embed
+""",
+                "appended at the end",
+            ),
+            "positions-before-cls": (
+                """
+def add_cls_and_positions(tokens, cls_token, pos_embed):
+    B, N, C = tokens.shape
+    tokens = tokens + pos_embed[1:]
+    cls = cls_token.expand(B, 1, C)
+    return torch.cat([cls, tokens], dim=1)
+""",
+                "the class token was added after the positions",
+            ),
+            "positions-shifted": (
+                """
+def add_cls_and_positions(tokens, cls_token, pos_embed):
+    B, N, C = tokens.shape
+    x = tokens + pos_embed[:N]
+    return torch.cat([cls_token.expand(B, 1, C), x], dim=1)
+""",
+                "row 0 belongs to the class token",
+            ),
+        },
+        "attention_rollout": {
+            "no-residual": (
+                """
+def attention_rollout(attentions):
+    rollout = None
+    for weights in attentions:
+        a = weights.mean(dim=1)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+""",
+                "the residual connection is missing",
+            ),
+            "not-renormalised": (
+                """
+def attention_rollout(attentions):
+    rollout = None
+    for weights in attentions:
+        a = weights.mean(dim=1)
+        a = a + torch.eye(a.shape[-1], dtype=a.dtype)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+""",
+                "rows that sum to 2",
+            ),
+            "first-layer-on-the-left": (
+                """
+def attention_rollout(attentions):
+    rollout = None
+    for weights in attentions:
+        a = 0.5 * weights.mean(dim=1) + 0.5 * torch.eye(weights.shape[-1], dtype=weights.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else rollout @ a
+    return rollout
+""",
+                "multiplied in the wrong order",
+            ),
+            "heads-summed": (
+                """
+def attention_rollout(attentions):
+    rollout = None
+    for weights in attentions:
+        a = weights.sum(dim=1) + torch.eye(weights.shape[-1], dtype=weights.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+""",
+                "the heads are summed",
+            ),
+            "batch-of-one": (
+                """
+def attention_rollout(attentions):
+    rollout = None
+    for weights in attentions:
+        a = weights.mean(dim=1).squeeze(0)  # (S, S)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else torch.mm(a, rollout)
+    return rollout.unsqueeze(0)
+""",
+                None,
+            ),
+        },
+    },
+    D: {
+        "box_iou": {
+            "xywh": (
+                """
+def box_iou(boxes1, boxes2):
+    x, y, w, h = boxes1[:, None].unbind(-1)  # (x, y, width, height)
+    u, v, s, t = boxes2[None].unbind(-1)
+    iw = (torch.minimum(x + w, u + s) - torch.maximum(x, u)).clamp(min=0)
+    ih = (torch.minimum(y + h, v + t) - torch.maximum(y, v)).clamp(min=0)
+    inter = iw * ih
+    return inter / (w * h + s * t - inter)
+""",
+                "not (x, y, width, height)",
+            ),
+            "no-clamp": (
+                """
+def box_iou(boxes1, boxes2):
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = rb - lt
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    return inter / (area1[:, None] + area2[None, :] - inter)
+""",
+                "clamp the width and the height",
+            ),
+            "clamp-product": (
+                """
+def box_iou(boxes1, boxes2):
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = rb - lt
+    inter = (wh[..., 0] * wh[..., 1]).clamp(min=0)
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    return inter / (area1[:, None] + area2[None, :] - inter)
+""",
+                "clamp the width and the height of the intersection at 0",
+            ),
+            "union-counts-twice": (
+                """
+def box_iou(boxes1, boxes2):
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    return inter / (area1[:, None] + area2[None, :])
+""",
+                "counts the intersection twice",
+            ),
+            "x0-x1-y0-y1": (
+                """
+def box_iou(boxes1, boxes2):
+    ax0, ax1, ay0, ay1 = boxes1[:, None].unbind(-1)  # (x0, x1, y0, y1)
+    bx0, bx1, by0, by1 = boxes2[None].unbind(-1)
+    iw = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0)
+    ih = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union
+""",
+                "(x0, x1, y0, y1)",
+            ),
+        },
+        "matching_cost": {
+            "wrong-sign": (
+                """
+def matching_cost(probs, pred_boxes, labels, target_boxes, l1_weight):
+    class_cost = probs[:, labels]
+    box_cost = (pred_boxes[:, None] - target_boxes[None]).abs().sum(-1)
+    return class_cost + l1_weight * box_cost
+""",
+                "the class term has the wrong sign",
+            ),
+            "background-is-class-0": (
+                """
+def matching_cost(probs, pred_boxes, labels, target_boxes, l1_weight):
+    class_cost = -probs[:, labels + 1]  # column 0 is the background
+    box_cost = (pred_boxes[:, None] - target_boxes[None]).abs().sum(-1)
+    return class_cost + l1_weight * box_cost
+""",
+                "class k is column k",
+            ),
+            "l1-averaged": (
+                """
+def matching_cost(probs, pred_boxes, labels, target_boxes, l1_weight):
+    class_cost = -probs[:, labels]
+    box_cost = (pred_boxes[:, None] - target_boxes[None]).abs().mean(-1)
+    return class_cost + l1_weight * box_cost
+""",
+                "averaged over the four coordinates",
+            ),
+            "targets-by-predictions": (
+                """
+def matching_cost(probs, pred_boxes, labels, target_boxes, l1_weight):
+    class_cost = -probs[:, labels].T  # (M, Q)
+    box_cost = (target_boxes[:, None] - pred_boxes[None]).abs().sum(-1)  # (M, Q)
+    return class_cost + l1_weight * box_cost
+""",
+                "the matrix is transposed",
+            ),
+        },
+        "set_classification_loss": {
+            "no-object-is-class-0": (
+                """
+def set_classification_loss(logits, labels, pred_idx, tgt_idx, no_object_weight):
+    Q, n_classes = logits.shape
+    target = torch.zeros(Q, dtype=torch.long)  # 0 = no object
+    target[pred_idx] = labels[tgt_idx]
+    weight = torch.ones(n_classes, dtype=logits.dtype)
+    weight[0] = no_object_weight
+    return F.cross_entropy(logits, target, weight=weight)
+""",
+                "class 0 is used as 'no object'",
+            ),
+            "no-down-weight": (
+                """
+def set_classification_loss(logits, labels, pred_idx, tgt_idx, no_object_weight):
+    Q, n_classes = logits.shape
+    target = torch.full((Q,), n_classes - 1, dtype=torch.long)
+    target[pred_idx] = labels[tgt_idx]
+    return F.cross_entropy(logits, target)
+""",
+                "not down-weighted",
+            ),
+            "labels-in-given-order": (
+                """
+def set_classification_loss(logits, labels, pred_idx, tgt_idx, no_object_weight):
+    Q, n_classes = logits.shape
+    target = torch.full((Q,), n_classes - 1, dtype=torch.long)
+    target[pred_idx] = labels
+    weight = torch.ones(n_classes, dtype=logits.dtype)
+    weight[-1] = no_object_weight
+    return F.cross_entropy(logits, target, weight=weight)
+""",
+                "the targets are taken in the wrong order",
+            ),
+            "mean-over-queries": (
+                """
+def set_classification_loss(logits, labels, pred_idx, tgt_idx, no_object_weight):
+    Q, n_classes = logits.shape
+    target = torch.full((Q,), n_classes - 1, dtype=torch.long)
+    target[pred_idx] = labels[tgt_idx]
+    per_query = F.cross_entropy(logits, target, reduction="none")
+    w = torch.where(target == n_classes - 1, no_object_weight, 1.0)
+    return (w * per_query).mean()
+""",
+                "divided by the number of queries",
+            ),
+            "indices-swapped": (
+                """
+def set_classification_loss(logits, labels, pred_idx, tgt_idx, no_object_weight):
+    Q, n_classes = logits.shape
+    target = torch.full((Q,), n_classes - 1, dtype=torch.long)
+    target[tgt_idx] = labels[pred_idx]
+    weight = torch.ones(n_classes, dtype=logits.dtype)
+    weight[-1] = no_object_weight
+    return F.cross_entropy(logits, target, weight=weight)
+""",
+                "pred_idx indexes the queries",
+            ),
+        },
+        "info_nce": {
+            "no-temperature": (
+                """
+def info_nce(image_emb, text_emb, temperature):
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    logits = image_emb @ text_emb.T
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+""",
+                "not divided by the temperature",
+            ),
+            "one-direction": (
+                """
+def info_nce(image_emb, text_emb, temperature):
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    logits = image_emb @ text_emb.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits)))
+""",
+                "only one direction counts",
+            ),
+            "labels-over-width": (
+                """
+def info_nce(image_emb, text_emb, temperature):
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    logits = image_emb @ text_emb.T / temperature
+    labels = torch.arange(image_emb.shape[1])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+""",
+                "torch.arange(N)",
+            ),
+            "not-normalised": (
+                """
+def info_nce(image_emb, text_emb, temperature):
+    logits = image_emb @ text_emb.T / temperature
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+""",
+                "the embeddings are not normalised",
+            ),
+        },
+    },
+}

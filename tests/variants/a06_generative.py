@@ -554,3 +554,504 @@ def distinct_n(sequences, n):
         },
     },
 }
+
+MISTAKES = {
+    LM: {
+        "causal_lm_loss": {
+            "unshifted": (
+                """
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * T, V), tokens.reshape(B * T))
+""",
+                "the targets are not shifted",
+            ),
+            "shifted-backwards": (
+                """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    predictions = logits[:, 1:].reshape(-1, V)  # drop the first position
+    targets = tokens[:, :-1].reshape(-1)  # drop the last token
+    return F.cross_entropy(predictions, targets)
+""",
+                "the shift goes the wrong way",
+            ),
+            "mean-per-sequence-of-sums": (
+                """
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    per_token = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    return per_token.reshape(B, T - 1).sum(dim=1).mean()  # loss of each sequence, averaged
+""",
+                "summed over time and averaged over the batch only",
+            ),
+            "view-not-reshape": (
+                """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    predictions = logits[:, :-1].view(-1, V)  # fine for B = 1 only: the slice is not contiguous
+    targets = tokens[:, 1:].reshape(-1)
+    return F.cross_entropy(predictions, targets)
+""",
+                "instead of .view(...)",
+            ),
+        },
+        "sample_with_temperature": {
+            "multiplied": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits * temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+""",
+                "the logits were multiplied by the temperature",
+            ),
+            "multinomial-of-logits": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(logits / temperature, 1, generator=generator).squeeze(-1)
+""",
+                "give it probabilities",
+            ),
+            "ignores-generator": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1).squeeze(-1)
+""",
+                "pass generator=generator",
+            ),
+            "squeeze-all": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze()  # (B,) unless B = 1
+""",
+                "also drops the batch dimension",
+            ),
+        },
+        "top_k_filter": {
+            "threshold-keeps-ties": (
+                """
+def top_k_filter(logits, k):
+    threshold = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
+    return logits.masked_fill(logits < threshold, float("-inf"))
+""",
+                "`logits >= threshold` keeps all of them",
+            ),
+            "one-more": (
+                """
+def top_k_filter(logits, k):
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    if k >= logits.shape[-1]:
+        return logits.clone()
+    threshold = sorted_logits[:, k].unsqueeze(-1)  # the k-th largest?
+    return logits.masked_fill(logits < threshold, float("-inf"))
+""",
+                "k + 1 were kept",
+            ),
+            "fills-zero": (
+                """
+def top_k_filter(logits, k):
+    index = torch.topk(logits, k, dim=-1).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+    return logits.masked_fill(~keep, 0.0)
+""",
+                "not -inf",
+            ),
+            "topk-k-minus-1": (
+                """
+def top_k_filter(logits, k):
+    index = torch.topk(logits, k - 1, dim=-1).indices  # (B, k - 1)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "too few tokens were kept",
+            ),
+        },
+        "top_p_filter": {
+            "drops-crossing": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    keep_sorted = cumulative < p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "the token that takes the cumulative probability past p was dropped",
+            ),
+            "ascending": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "sort in descending order",
+            ),
+            "mask-not-put-back": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    return logits.masked_fill(~keep_sorted, float("-inf"))
+""",
+                "put it back first",
+            ),
+            "gather-not-scatter": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    keep = keep_sorted.gather(-1, order)  # back to the vocabulary's order?
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "which applies the inverse permutation",
+            ),
+        },
+        "apply_repetition_penalty": {
+            "divides-all": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, previous, True)
+    return torch.where(seen, logits / penalty, logits)
+""",
+                "dividing a negative logit moves it *up*",
+            ),
+            "per-occurrence": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    for b in range(previous.shape[0]):
+        for token in previous[b]:
+            value = out[b, token]
+            out[b, token] = value / penalty if value > 0 else value * penalty
+    return out
+""",
+                "penalised once per occurrence",
+            ),
+            "history-of-all-rows": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    seen = previous.flatten().unique()
+    column = out[:, seen]
+    out[:, seen] = torch.where(column > 0, column / penalty, column * penalty)
+    return out
+""",
+                "tokens seen in another row",
+            ),
+            "membership-in-text": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    B, V = logits.shape
+    for b in range(B):
+        history = str(previous[b].tolist())
+        for v in range(V):
+            if str(v) in history:
+                x = out[b, v]
+                out[b, v] = x / penalty if x > 0 else x * penalty
+    return out
+""",
+                None,
+            ),
+        },
+        "beam_search_step": {
+            "best-child-per-beam": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = scores.reshape(B, k, 1) + log_probs.reshape(B, k, V)
+    best, tokens = total.max(dim=-1)  # (B, k): each beam's best extension
+    new_scores, beams = best.sort(dim=-1, descending=True)
+    return new_scores, beams, tokens.gather(1, beams)
+""",
+                "each beam kept exactly one child",
+            ),
+            "beam-token-swapped": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index % V, index // V
+""",
+                "the parent beam and the token are swapped",
+            ),
+            "adds-probabilities": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs.exp()).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index // V, index % V
+""",
+                "probabilities were added to the scores",
+            ),
+            "scores-tiled": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = scores.repeat(1, V) + log_probs.reshape(B, k * V)  # right for k = 1
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index // V, index % V
+""",
+                "scores.repeat(1, V) tiles",
+            ),
+            "topk-unsorted": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1, sorted=False)  # the k best, in no set order
+    return new_scores, index // V, index % V
+""",
+                "in the wrong order",
+            ),
+        },
+    },
+    PP: {
+        "bert_layer_to_tutorlib": {
+            "layernorms-swapped": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["output.LayerNorm.weight"],
+        "norm1.bias": bert["output.LayerNorm.bias"],
+        "norm2.weight": bert["attention.output.LayerNorm.weight"],
+        "norm2.bias": bert["attention.output.LayerNorm.bias"],
+    }
+""",
+                "the two LayerNorms are swapped",
+            ),
+            "qkv-order": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.key", "attention.self.query", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "nn.MultiheadAttention's in_proj holds [query; key; value]",
+            ),
+            "qkv-transposed": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        # (in, out) -> (out, in), as for GPT-2? each block is square, so the shapes fit
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"].T for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "BERT's nn.Linear and tutorlib's both store (out, in)",
+            ),
+            "out-proj-transposed": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"].T,  # square: fits
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "copy it as it is",
+            ),
+        },
+        "gpt2_attention_to_tutorlib": {
+            "not-transposed": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"],
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"],
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "Conv1D stores its weight (in, out)",
+            ),
+            "reshaped": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    C = gpt2["c_proj.weight"].shape[0]
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"].reshape(3 * C, C),
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"].T,
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "a reshape keeps the numbers in memory order",
+            ),
+            "c-proj-not-transposed": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"].T,
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"],  # square, so it fits
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "it is a Conv1D weight too",
+            ),
+            "qkv-interleaved": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    w, b = gpt2["c_attn.weight"], gpt2["c_attn.bias"]  # (C, 3C), (3C,)
+    C = w.shape[0]
+    # read the 3C outputs as (C, 3): q, k and v interleaved
+    in_proj_weight = w.reshape(C, C, 3).permute(2, 1, 0).reshape(3 * C, C)
+    in_proj_bias = b.reshape(C, 3).T.reshape(3 * C)
+    return {
+        "in_proj_weight": in_proj_weight,
+        "in_proj_bias": in_proj_bias,
+        "out_proj.weight": gpt2["c_proj.weight"].T,
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                None,
+            ),
+        },
+        "images_to_sequences": {
+            "floor": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.floor(images * (levels - 1)).long()
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels.flatten(1)], dim=1)
+""",
+                "the grey values were rounded down",
+            ),
+            "scaled-by-levels": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.round(images * levels).long()
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels.flatten(1)], dim=1)
+""",
+                "the grey values were scaled by levels",
+            ),
+            "label-as-class-token": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.round(images * (levels - 1)).long()
+    return torch.cat([labels[:, None], pixels.flatten(1)], dim=1)
+""",
+                "the class token is the label itself",
+            ),
+            "squeeze-all": (
+                """
+def images_to_sequences(images, labels, levels):
+    grey = images.squeeze()  # (B, H, W), but (H, W) when B = 1
+    pixels = torch.round(grey * (levels - 1)).long().flatten(1)
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels], dim=1)
+""",
+                None,
+            ),
+        },
+        "distinct_n": {
+            "per-sequence-mean": (
+                """
+def distinct_n(sequences, n):
+    ratios = []
+    for s in sequences:
+        grams = [tuple(s[i : i + n]) for i in range(len(s) - n + 1)]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return sum(ratios) / len(ratios)
+""",
+                "the ratio was computed per sequence and averaged",
+            ),
+            "tokens-not-ngrams": (
+                """
+def distinct_n(sequences, n):
+    tokens = [t for s in sequences for t in s]
+    return len(set(tokens)) / len(tokens)
+""",
+                "tokens were counted, not n-grams",
+            ),
+            "over-all-tokens": (
+                """
+def distinct_n(sequences, n):
+    grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
+    return len(set(grams)) / sum(len(s) for s in sequences)
+""",
+                "divided by the number of tokens",
+            ),
+            "joined-keys": (
+                """
+def distinct_n(sequences, n):
+    keys = []
+    for s in sequences:
+        for i in range(len(s) - n + 1):
+            keys.append("".join(str(t) for t in s[i : i + n]))
+    return len(set(keys)) / len(keys)
+""",
+                "joined into one string with no separator",
+            ),
+        },
+    },
+}

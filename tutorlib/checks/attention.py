@@ -130,7 +130,12 @@ ATTENTION_MISTAKES = {
     "longer sum to 1; mask the scores (fill with -inf) before the softmax.",
     "inverted": "the mask is inverted: True means 'may attend'; fill the scores where the "
     "mask is False (~mask) with -inf.",
+    "fill_zero": "the masked scores are set to 0, and exp(0) still gives those keys weight: "
+    "fill them with -inf (float('-inf')) before the softmax.",
 }
+UNMASKED = (
+    "the mask is not applied: fill the scores where it is False with -inf before the softmax."
+)
 
 _LEADING = (
     "the inputs may have any number of leading dimensions, (..., T, D), S may differ from T, "
@@ -159,6 +164,8 @@ def _attention_variant(
         return scores @ v, scores
     if mask is not None and kind == "inverted":
         scores = scores.masked_fill(mask, float("-inf"))
+    elif mask is not None and kind == "fill_zero":
+        scores = scores.masked_fill(~mask, 0.0)
     elif mask is not None and kind not in ("after_softmax", "unmasked"):
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = _softmax(scores, dim=-2 if kind == "wrong_axis" else -1)  # (..., T, S)
@@ -172,12 +179,12 @@ def _attention_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, Tensor, Tensor |
     T != S, masks of every kind (a non-causal one first: it tells every mistake apart), every
     query row keeping at least one key."""
 
-    def widths() -> tuple[int, int]:
-        D = draw.integer(2, 8)
-        return D, draw.choice([w for w in range(2, 9) if w not in (D, D * D)])
+    def widths(T: int) -> tuple[int, int]:  # neither is T (q.shape[2] is not the width)
+        D = draw.choice([w for w in range(2, 9) if T not in (w, w * w)])
+        return D, draw.choice([w for w in range(2, 9) if w not in (D, D * D, T)])
 
     def qkv(lead: list[int], T: int, S: int, grad: bool = False) -> tuple[Tensor, ...]:
-        D, Dv = widths()
+        D, Dv = widths(T)
         return (
             draw.normal(*lead, T, D, grad=grad),
             draw.normal(*lead, S, D, grad=grad),
@@ -225,7 +232,8 @@ def _check_attention_case(
         out,
         expected,
         what=f"attention's output for {shapes}",
-        mistakes={hint: (lambda f=f: f()[0]) for hint, f in variants.items()},
+        mistakes={hint: (lambda f=f: f()[0]) for hint, f in variants.items()}
+        | {UNMASKED: lambda: _attention_variant(qd, kd, vd, mask, "unmasked")[0]},
         atol=atol,
     )
     weight_mistakes = {hint: (lambda f=f: f()[1]) for hint, f in variants.items()}
@@ -478,7 +486,7 @@ def _heads_hidden(draw: Draw) -> list[tuple[int, int, int, int]]:
     head, one token, one feature per head."""
     T, H, D = _draw_sizes(draw, 2, 6, 3)
     return [
-        (draw.integer(1, 3), T, H, D),
+        (draw.integer(2, 3), T, H, D),  # B >= 2: a batch of one is no test
         (draw.integer(1, 3), draw.integer(2, 5), 1, draw.integer(2, 6)),
         (draw.integer(1, 3), 1, draw.integer(2, 4), draw.integer(2, 4)),
         (draw.integer(1, 3), draw.integer(2, 5), draw.integer(2, 4), 1),
@@ -579,10 +587,13 @@ MHA_MISTAKES = {
     "(any pattern: padding, a random mask, T != S in cross-attention), e.g. attn_mask=mask.",
     "inverted": "the mask is inverted: True means 'may attend'; fill the scores where the "
     "mask is False (~mask) with -inf.",
+    "no_scale": "the scores are not scaled: each head divides its scores by sqrt(D), D the "
+    "head width (C // n_heads).",
 }
 
 MHA_ERRORS = {
-    "must match the size": "the mask is used with a shape of its own making: use it as "
+    "must match the size": "q comes from x_q (T tokens), k and v from x_kv (S tokens; S != T "
+    "in cross-attention); and is the mask used with a shape of its own making? use it as "
     "given, it broadcasts to the (B, H, T, S) scores (a (T, S) mask, a (B, 1, 1, S) padding "
     "mask, ...), and in cross-attention S differs from T.",
 }
@@ -612,7 +623,7 @@ def _mha(
         mask = torch.ones(T, S, dtype=torch.bool).tril()  # (T, S), as is_causal=True
     elif kind == "inverted" and mask is not None:
         mask = ~mask
-    scale = 1 / math.sqrt(C) if kind == "scale_by_c" else None
+    scale = {"scale_by_c": 1 / math.sqrt(C), "no_scale": 1.0}.get(kind)
     heads = _sdpa(q, k, v, mask, scale=scale)  # (B, H, T, D)
     if kind == "merge_order":
         merged = heads.reshape(B, T, C)
@@ -633,8 +644,8 @@ def _mha_hidden(draw: Draw) -> list[tuple]:
     """(x_q, x_kv, weights, H, mask): cross-attention with T != S and a random non-causal mask
     first (several heads at least 2 wide: every mistake differs), then padding masks (B, 1, 1,
     S), a causal mask combined with padding, and no mask on a single query."""
-    H, D = draw.integer(2, 4), draw.integer(2, 5)
     T, S = _draw_sizes(draw, 2, 7, 2)
+    H, D = draw.choice([h for h in range(2, 5) if h not in (T, S)]), draw.integer(2, 5)
     B = draw.integer(1, 3)
     cross = (
         draw.normal(B, T, H * D, grad=True),
@@ -718,18 +729,26 @@ LINEAR_MISTAKES = {
     "query's weights sum to 1.",
     "relu": "the feature map is phi(x) = elu(x) + 1 (positive everywhere), not relu.",
     "identity": "apply the feature map phi(x) = elu(x) + 1 to the queries and keys.",
+    "elu": "the feature map is elu(x) + 1: elu alone is negative for x < 0, so the weights "
+    "may be negative and the normalizer near 0.",
 }
 
 
+_LINEAR_LEADING = (
+    "the inputs may have any number of leading dimensions, (..., T, D): transpose the last two "
+    "axes of k with k.transpose(-2, -1), not k.transpose(1, 2), and keep the normalizer's last "
+    "axis, (..., T, 1), so that it divides every value column."
+)
 LINEAR_ERRORS = {
-    "dimension out of range": "the inputs may have any number of leading dimensions, "
-    "(..., T, D): transpose the last two axes of k with k.transpose(-2, -1).",
+    "dimension out of range": _LINEAR_LEADING,
+    "must match the size": _LINEAR_LEADING,
+    "expected size for first two dimensions": _LINEAR_LEADING,
     "einsum": ATTENTION_ERRORS["einsum"],
 }
 
 
 def _linear_variant(q: Tensor, k: Tensor, v: Tensor, kind: str) -> Tensor:
-    phi = {"relu": _relu, "identity": lambda x: x}.get(kind, lambda x: _elu(x) + 1)
+    phi = {"relu": _relu, "identity": lambda x: x, "elu": _elu}.get(kind, lambda x: _elu(x) + 1)
     pq, pk = phi(q), phi(k)
     numerator = pq @ (pk.transpose(-2, -1) @ v)  # (..., T, Dv)
     if kind == "no_normalizer":

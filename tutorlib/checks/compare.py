@@ -74,7 +74,7 @@ def first_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor, a
     lie near the right one."""
     off = (actual.double() - expected.double()).abs().nan_to_num(float("inf"))
     off = float(off.max()) if actual.numel() else 0.0
-    best, best_distance = None, float("inf")
+    best, best_distance = [], float("inf")
     for hint, mistake in (mistakes or {}).items():
         wrong = _value(mistake)
         wrong = wrong.detach() if _is_tensor(wrong) else torch.tensor(wrong, dtype=torch.float64)
@@ -86,8 +86,10 @@ def first_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor, a
         gap = (actual.double() - wrong.double()).abs().nan_to_num(0)
         distance = float(gap.max()) if actual.numel() else 0.0
         if 10 * distance <= off and distance < best_distance:
-            best, best_distance = hint, distance
-    return best
+            best, best_distance = [hint], distance
+        elif 10 * distance <= off and distance == best_distance:
+            best.append(hint)  # these inputs cannot tell the mistakes apart
+    return _named(best)
 
 
 def _loose_atol(atol: float, expected: Tensor) -> float:

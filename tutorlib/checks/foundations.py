@@ -100,6 +100,8 @@ PE_MISTAKES = {
     "looks like each column used its own index in the exponent.",
     "i_not_2i": "the exponent uses i instead of 2i: pair i has frequency 1/10000^(2i/d_model).",
     "positions_from_1": "positions start at 0: the first row is [0, 1, 0, 1, ...].",
+    "doubled_2i": "the exponent is doubled: torch.arange(0, d_model, 2) already holds 2i, so "
+    "the frequency is 1/10000^(two_i/d_model), not 1/10000^(2 * two_i/d_model).",
 }
 
 
@@ -109,6 +111,8 @@ def _pe_variant(T: int, d: int, kind: str) -> Tensor:
     two_i = torch.arange(0, d, 2, dtype=torch.float64)
     if kind == "i_not_2i":
         two_i = two_i / 2
+    if kind == "doubled_2i":
+        two_i = two_i * 2
     angles = t / 10000 ** (two_i / d)  # (T, C/2)
     if kind == "concatenated":
         return torch.cat([angles.sin(), angles.cos()], dim=1)  # (T, C)
@@ -134,6 +138,12 @@ def _pe_hidden(draw: Draw) -> list[tuple[int, int]]:
 
 def _check_pe_case(ex: Exercise, fn: Callable, T: int, d: int) -> None:
     out = ex.call(fn, T, d)
+    if isinstance(out, Tensor) and out.dtype != torch.float32:
+        raise ExerciseError(
+            f"sinusoidal_encoding({T}, {d}) has dtype {out.dtype}",
+            hint="return a torch.float32 tensor (.float() at the end).",
+            likely=False,
+        )
     if isinstance(out, Tensor) and out.is_floating_point():
         out = out.double()
     expect_close(
@@ -245,6 +255,8 @@ def _ln_mistakes(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Mistakes:
         ),
         "normalize over the last dimension (each token's features), not over the batch "
         "(dim 0).": lambda: _normalize(x, 0, eps) * w + b,
+        "normalize over the last dimension (dim=-1); dim=1 is the last one only for a 2-D "
+        "input.": lambda: _normalize(x, 1, eps) * w + b,
         "normalize over the last dimension only, not over all of them.": (
             lambda: _normalize(x, None, eps) * w + b
         ),
@@ -271,6 +283,8 @@ def _ln_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, Tensor, float]]:
         (constant, *affine(C3), 1e-5),
         # a large offset with a small spread
         (1e3 + 1e-2 * draw.normal(draw.integer(2, 4), C3), *affine(C3), 1e-5),
+        # three dimensions in every draw: dim 1 is not the last one
+        (draw.normal(draw.integer(2, 4), draw.integer(2, 4), C3), *affine(C3), 1e-5),
     ]
 
 
@@ -310,7 +324,7 @@ FF_FORBIDDEN = Forbidden(python=(layers.FeedForward, nn.TransformerEncoderLayer.
 
 FF_ERRORS = {
     "cannot be multiplied": "nn.Linear stores its weight as (out_features, in_features): "
-    "compute x @ w1.T, not x @ w1."
+    "compute x @ w1.T and hidden @ w2.T, not x @ w1 or hidden @ w2."
 }
 
 
@@ -364,8 +378,14 @@ def _check_ff_case(
             "the 2017 paper's FFN uses ReLU, not GELU.": (
                 lambda: _linear(_gelu(_linear(xd, w1, b1)), w2, b2)
             ),
-            "nn.Linear stores its weight as (out_features, in_features): compute x @ w1.T, "
-            "not x @ w1.": lambda: _relu(xd @ w1 + b1) @ w2 + b2,
+            **(
+                {
+                    "nn.Linear stores its weight as (out_features, in_features): compute "
+                    "x @ w1.T, not x @ w1.": lambda: _relu(xd @ w1 + b1) @ w2 + b2
+                }
+                if w1.shape[0] == w1.shape[1]  # x @ w1 runs only when d_ff == C
+                else {}
+            ),
             "the biases b1 and b2 are missing.": lambda: _relu(xd @ w1.T) @ w2.T,
             "the ReLU comes after adding b1: relu(x @ w1.T + b1), not relu(x @ w1.T) + b1.": (
                 lambda: (_relu(xd @ w1.T) + b1) @ w2.T + b2
@@ -503,6 +523,11 @@ def _layer_variant(ref: nn.Module, x: Tensor, pad: Tensor | None, **change) -> T
     activation = change.get("activation", _relu)
     kpm = None if pad is None else (pad if change.get("mask_not_inverted") else ~pad)
     keep = 0.0 if change.get("no_residual") else 1.0
+    if change.get("normed_skip"):
+        x = ref.norm1(x)
+        x = x + ref.self_attn(x, x, x, key_padding_mask=kpm, need_weights=False)[0]
+        x = ref.norm2(x)
+        return x + ref.linear2(activation(ref.linear1(x)))
 
     def sa(h: Tensor) -> Tensor:
         return ref.self_attn(h, h, h, key_padding_mask=kpm, need_weights=False)[0]
@@ -564,6 +589,17 @@ def _check_layer_case(
         "the residual connections are missing: add each sublayer's input to its output.": (
             pad,
             dict(no_residual=True),
+        ),
+        **(
+            {
+                "the residual carries the un-normalized x: x = x + attn(norm1(x)), not "
+                "h = norm1(x); h + attn(h) (and the same around the FFN).": (
+                    pad,
+                    dict(normed_skip=True),
+                )
+            }
+            if ref.norm_first
+            else {}
         ),
         "the feed-forward network uses ReLU, as nn.TransformerEncoderLayer does.": (
             pad,
@@ -631,10 +667,11 @@ def _count_mistakes(C: int, d_ff: int, right: int) -> dict[str, int]:
     return {
         "the biases are missing: each linear map has one per output (attention has "
         "4 * d_model of them, the FFN d_ff + d_model).": 4 * C * C + 2 * C * d_ff,
+        "the linear maps' biases are missing: one per output (attention has 4 * d_model of "
+        "them, the FFN d_ff + d_model).": right - 5 * C - d_ff,
         "the two LayerNorms have a gain and a bias each: 4 * d_model parameters.": right - 4 * C,
-        "there are two LayerNorms (one after each sublayer), 2 * d_model parameters each.": (
-            right - 2 * C
-        ),
+        "there are two LayerNorms (one after each sublayer), 2 * d_model parameters each (a "
+        "gain and a bias).": right - 2 * C,
         "the attention's output projection W^O (a d_model x d_model matrix and a bias) is "
         "missing.": right - C * C - C,
         "queries, keys and values have three separate d_model x d_model projections (with "

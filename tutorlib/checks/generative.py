@@ -972,6 +972,8 @@ def _beam_step(scores: Tensor, log_probs: Tensor, kind: str = "") -> tuple[Tenso
         total = log_probs.reshape(B, k * V)
     elif kind == "multiplied":
         total = (extended * log_probs).reshape(B, k * V)
+    elif kind == "probabilities":
+        total = (extended + log_probs.exp()).reshape(B, k * V)
     elif kind == "tiled":  # scores.repeat(1, V) pairs beam j's slot with scores[(j*V + v) % k]
         total = scores.repeat(1, V) + log_probs.reshape(B, k * V)
     else:
@@ -998,6 +1000,8 @@ BEAM_SCORE_MISTAKES = {
     "one_child_each": "each beam kept exactly one child (its own best token). Beam search ranks "
     "all k * V extensions of a row together and keeps the k best, so a strong beam can have "
     "several children and a weak one none.",
+    "probabilities": "probabilities were added to the scores: a hypothesis's score is a sum of "
+    "log-probabilities, so add log_probs itself (no .exp()).",
     "tiled": "each beam's score was added to another beam's log-probabilities: "
     "scores.repeat(1, V) tiles [s0, s1, ...] V times; beam j's V extensions need scores[b, j] "
     "each (repeat_interleave(V, dim=1), or scores[:, :, None] + log_probs.reshape(B, k, V)).",
@@ -1052,7 +1056,7 @@ def _beam_hidden(draw: Draw) -> list[tuple[Tensor, Tensor]]:
         B, k = draw.integer(2, 3), draw.integer(2, 4)
         return later(B, k), log_probs(B * k, draw.integer(k + 1, 8))
 
-    k1, k2, V = draw.integer(2, 4), draw.integer(2, 3), draw.integer(3, 8)
+    k1, k2, V = draw.integer(4, 5), draw.integer(2, 3), draw.integer(3, 8)
     return [
         _redraw(main, lambda c: _beam_separates(*c)),
         (_first_step(2, k1), log_probs(2 * k1, draw.integer(k1, 8))),
@@ -1640,6 +1644,11 @@ def _distinct_variant(sequences: list, n: int, kind: str) -> float | None:
     grams = [g for s in sequences for g in _ngrams(s, n)]
     if not grams:
         return None
+    if kind == "tokens":  # distinct tokens over tokens, whatever n
+        tokens = [x for s in sequences for x in s]
+        return len(set(tokens)) / len(tokens)
+    if kind == "over_tokens":
+        return len(set(grams)) / sum(len(s) for s in sequences)
     if kind == "joined_keys":  # each n-gram's ids joined with no separator
         return len({"".join(map(str, g)) for g in grams}) / len(grams)
     if kind == "unique":
@@ -1665,6 +1674,10 @@ DISTINCT_MISTAKES = {
     "L - n + 1 n-grams, range(len(s) - n + 1).",
     "unique": "only the n-grams that occur exactly once were counted; count every *distinct* "
     "n-gram (len(set(...))).",
+    "tokens": "tokens were counted, not n-grams: distinct-n counts the distinct n-grams "
+    "(tuple(s[i : i + n])) over all n-grams.",
+    "over_tokens": "the distinct n-grams were divided by the number of tokens; divide by the "
+    "number of n-grams (a sequence of length L has L - n + 1).",
     "inverted": "the ratio is upside down: distinct n-grams divided by all n-grams (at most 1).",
     "joined_text": "the token ids were joined into a string, so an id of several digits became "
     "several characters: take the n-grams of the list of ids itself (a string's n-grams are of "

@@ -794,6 +794,7 @@ def check_quantize_per_channel(fn: Callable[..., tuple], hidden: bool = False) -
                 (d.integer(32, 64), d.integer(3, 8), True),
             ]
             weights = [_quant_weight(d, *size) for size in sizes]
+            weights[1] = weights[1].double()  # w may be any float; the scale is float32
         else:  # a (4, 6) weight whose first row is 40 times larger than the others
             w = random_tensor(4, 6, seed=0).float()
             w[0] *= 40
@@ -831,6 +832,14 @@ FLOOR_HINT = (
     "round(amount * numel) weights."
 )
 CEIL_HINT = "the number pruned is rounded up (math.ceil); prune round(amount * numel) weights."
+ONE_MORE_HINT = (
+    "one weight too many is pruned: sort(|w|).values[k] is the (k + 1)-th smallest (indices "
+    "count from 0); prune the k smallest, or keep |w| > values[k - 1]."
+)
+HALF_UP_HINT = (
+    "a half is rounded up (int(x + 0.5)); round() rounds a half to the even integer "
+    "(round(4.5) = 4): prune round(amount * numel) weights."
+)
 
 
 def _mask_mistakes(w: Tensor, amount: float) -> dict[str, Callable[[], Tensor]]:
@@ -847,6 +856,8 @@ def _mask_mistakes(w: Tensor, amount: float) -> dict[str, Callable[[], Tensor]]:
         "the mask is inverted: True means the weight is kept.": lambda: ~_pruned(w, k),
         FLOOR_HINT: lambda: _pruned(w, math.floor(x)),
         CEIL_HINT: lambda: _pruned(w, math.ceil(x)),
+        ONE_MORE_HINT: lambda: _pruned(w, k + 1),
+        HALF_UP_HINT: lambda: _pruned(w, math.floor(x + 0.5)),
         "one weight too few is pruned: the k-th smallest |w| (the threshold from "
         "torch.kthvalue(|w|, k)) is pruned too; keep only |w| > threshold.": lambda: _pruned(
             w, k - 1
@@ -879,10 +890,15 @@ def _mask_hidden(draw: Draw) -> list[tuple[Tensor, float]]:
                 break
             mistakes = _mask_mistakes(w, amount)
             del mistakes[FLOOR_HINT]  # equal to round here, by construction
+            del mistakes[HALF_UP_HINT]  # equal to round here
+            del mistakes[ONE_MORE_HINT]  # equal to ceil here
             if _distinct([_pruned(w, round(amount * N)), *(m() for m in mistakes.values())]):
                 break
         cases.append((w, amount))
     cases.append((draw.normal(draw.integer(2, 6), draw.integer(2, 6)), 0.0))
+    # amount * numel = 2j + 1/2 exactly: round() gives 2j (halves to even), int(x + 0.5) one more
+    shape = draw.choice([(3, 3), (5, 5), (3, 7), (7, 3), (13,), (17,)])
+    cases.append((draw.normal(*shape), 0.5))
     return cases
 
 
@@ -924,7 +940,7 @@ def _distill_variant(s: Tensor, t: Tensor, y: Tensor, T: float, alpha: float, ki
     p, log_p, log_q = (log_ps.exp(), log_ps, log_pt) if kind == "reversed" else (
         log_pt.exp(), log_pt, log_ps
     )  # fmt: skip
-    terms = p * (log_p - log_q)  # (N, V)
+    terms = -p * log_q if kind == "soft_ce" else p * (log_p - log_q)  # (N, V)
     kl = {
         "mean_reduction": terms.mean(),
         "batch_sum": terms.sum(),
@@ -951,6 +967,9 @@ DISTILL_MISTAKES = {
     "reduction='mean' does); sum it over the classes, then average over the N rows "
     "(reduction='batchmean').",
     "batch_sum": "the KL is summed over the rows as well; average it over the N rows.",
+    "soft_ce": "the soft term is the cross-entropy -sum p_teacher log p_student, not the KL: "
+    "subtract the teacher's entropy, KL = sum p_teacher (log p_teacher - log p_student) (the "
+    "gradients agree, the loss does not).",
     "wrong_axis": "the softmax runs over the wrong axis (the batch, dim 0); each row's "
     "distribution is over the classes: log_softmax(..., dim=-1).",
 }

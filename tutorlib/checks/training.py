@@ -404,7 +404,7 @@ def _smoothed_variant(logits: Tensor, targets: Tensor, s: float, pad: int, kind:
     if kind == "softmax_positions":
         log_p = _log_softmax(logits.reshape(-1, V), dim=0)  # (N, V), over the N positions
     y = targets.reshape(-1)  # (N,)
-    keep = (y != pad) | (kind == "pad_as_target")  # (N,)
+    keep = (y != (0 if kind == "pad_zero" else pad)) | (kind == "pad_as_target")  # (N,)
     nll = -log_p.gather(1, y.unsqueeze(1)).squeeze(1)  # (N,)
     others = -log_p.sum(dim=-1) - nll  # (N,): the wrong classes' -log p, summed
     if kind == "no_smoothing":
@@ -446,6 +446,8 @@ SMOOTHED_MISTAKES = {
     "non-padding targets, not by B * T.",
     "pad_as_target": "padding is not ignored: positions whose target is pad_id must add "
     "nothing to the loss and be left out of the mean.",
+    "pad_zero": "the positions left out are those whose target is 0: leave out those whose "
+    "target is pad_id, the argument you are given, not a fixed 0.",
     "mean_of_means": "this is the mean of each sequence's mean loss; take one mean over all the "
     "non-padding positions of the batch together (longer sequences weigh more).",
     "per_sequence": "the loss is divided by the batch size; divide by the number of non-padding "
@@ -474,20 +476,22 @@ def _smoothed_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, float, int]]:
     anywhere in the vocabulary, a full row and a row with padding (so the rows count different
     numbers of positions); smoothing 0 last, where several mistakes equal the right answer."""
     return [
-        _smoothed_case(draw, round(draw.real(0.05, 0.45), 3), (5, 12)),
+        _smoothed_case(draw, round(draw.real(0.05, 0.45), 3), (5, 12), pad_low=1),
         _smoothed_case(draw, round(draw.real(0.05, 0.45), 3), (13, 90)),
         _smoothed_case(draw, 0.0, (5, 30)),
     ]
 
 
-def _smoothed_case(draw: Draw, s: float, V_range: tuple[int, int]):
+def _smoothed_case(draw: Draw, s: float, V_range: tuple[int, int], pad_low: int = 0):
     B = draw.integer(2, 4)
     T = draw.choice([t for t in range(3, 8) if t != B])
     V = draw.choice([v for v in range(*V_range) if v not in (B, T)])
-    pad = draw.integer(0, V - 1)
+    pad = draw.integer(pad_low, V - 1)
     others = [i for i in range(V) if i != pad]
     # row 1 ends with <eos> and padding: every row counts a position, not all the same number
     targets = _drawn_targets(draw, B, T, others, draw.choice(others), pad, T - 2)
+    if pad != 0:
+        targets[0, 0] = 0  # an ordinary id: a hard-coded pad id of 0 shows
     return draw.normal(B, T, V, scale=2.0, grad=True), targets, s, pad
 
 
@@ -771,7 +775,10 @@ def _reference_step(
     logits = model(src, inputs, src_padding_mask)  # (B, T, V)
     ignore = {"pad_not_ignored": -100, "pad_zero": 0}.get(kind, pad)
     loss = _cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=ignore
+        logits.reshape(-1, logits.shape[-1]),
+        tgt.reshape(-1),
+        ignore_index=ignore,
+        reduction="sum" if kind == "sum" else "mean",
     )
     if kind != "no_zero_grad":
         optimizer.zero_grad()
@@ -791,6 +798,9 @@ STEP_MISTAKES = {
     "predict. Feed <bos> + tgt[:, :-1] and predict tgt (your teacher_forcing).",
     "pad_not_ignored": "the padding positions count in the loss: pass ignore_index=pad_id to "
     "F.cross_entropy.",
+    "sum": "the loss is summed over the positions: take the mean over the non-padding ones "
+    "(F.cross_entropy's default reduction='mean'), so that the step does not grow with the "
+    "batch.",
     "pad_zero": "ignore_index must be pad_id, the argument you are given, not a fixed 0.",
 }
 
@@ -923,6 +933,13 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int, kind: str = "") -
     """One merge, left to right and non-overlapping; or as a likely mistake does it."""
     if kind == "right_to_left":
         return _merge(ids[::-1], (pair[1], pair[0]), new_id)[::-1]
+    if kind == "look_back":  # merge at every match, skip an id that ends a match
+        match = [i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair for i in range(len(ids))]
+        return [
+            new_id if match[i] else ids[i]
+            for i in range(len(ids))
+            if match[i] or not (i > 0 and match[i - 1])
+        ]
     out, i, merged = [], 0, False
     while i < len(ids):
         match = i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair
@@ -940,6 +957,9 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int, kind: str = "") -
 MERGE_MISTAKES = {
     "overlapping": "the merges overlap: after merging ids[i], ids[i+1], continue at i + 2, so "
     "that [a, a, a] with pair (a, a) becomes [new, a].",
+    "look_back": "the merges overlap: an id that ends one occurrence of the pair and starts "
+    "the next was merged twice. After merging ids[i], ids[i+1], continue at i + 2, so that "
+    "[a, a, a] with pair (a, a) becomes [new, a].",
     "right_to_left": "the merges go from right to left; go left to right: [a, a, a] with pair "
     "(a, a) becomes [new, a].",
     "first_only": "only the first occurrence was merged; merge every (non-overlapping) one.",
@@ -1028,6 +1048,9 @@ def _most_frequent(word_counts: dict, kind: str = "") -> tuple[int, int] | None:
         return counts.most_common(1)[0][0]
     if kind == "largest":
         return max(counts, key=lambda p: (counts[p], p))
+    if kind == "as_strings":
+        top = max(counts.values())
+        return min((p for p in counts if counts[p] == top), key=str)
     return min(counts, key=lambda p: (-counts[p], p))
 
 
@@ -1040,6 +1063,8 @@ PAIR_MISTAKES = {
     "inside each word.",
     "largest": "ties must go to the smallest pair (compare the tuples: (1, 5) < (2, 0)), not "
     "the largest.",
+    "as_strings": "ties must go to the smallest pair compared as tuples of ints, "
+    "(9, 50) < (12, 3), not as strings (str or a joined key puts '(12, 3)' first).",
     "first_found": "ties must go to the smallest pair (compare the tuples), not to the first "
     "pair found (Counter.most_common and max keep insertion order).",
 }
@@ -1064,12 +1089,16 @@ def _pair_hidden(draw: Draw) -> list[dict[tuple[int, ...], int]]:
     weighted = dict(draw.sample(list(weighted.items()), len(weighted)))
 
     small_first = draw.integer(2, 9)
-    middle_first, large_first = draw.integer(10, 19), draw.integer(20, 99)
-    seconds = draw.sample([i for i in range(10, 100) if i not in (middle_first, large_first)], 5)
+    middle_first, found_first = draw.integer(10, 19), draw.integer(20, 49)
+    large_first = draw.integer(50, 99)
+    firsts = (middle_first, found_first, large_first)
+    seconds = draw.sample([i for i in range(10, 100) if i not in firsts], 6)
     small, middle = (small_first, seconds[0]), (middle_first, seconds[1])
     large, extra = (large_first, seconds[2]), (seconds[3], seconds[4])
+    found = (found_first, seconds[5])
     n = draw.integer(2, 6)
-    tie = {middle: n, large: n, small: n, extra: n - 1}  # first found: middle
+    # first found: found; largest: large; smallest as strings: middle; as tuples: small
+    tie = {found: n, middle: n, large: n, small: n, extra: n - 1}
 
     lonely = {(draw.integer(10, 99),): draw.integer(1, 9), (draw.integer(1, 9),): 1}
     words = {}
@@ -1463,7 +1492,7 @@ def _greedy(model, src, mask, max_len: int, kind: str = "") -> Tensor:
                 next_token = logits.argmax(dim=1)[:, -1]  # (B,) a position, not a token
             else:
                 next_token = logits[:, -1].argmax(dim=-1)  # (B,)
-            if kind != "no_eos_fill":
+            if kind not in ("no_eos_fill", "no_fill_stop"):
                 next_token = next_token.masked_fill(done, EOS)
             done = done | (next_token == EOS)
             tokens = _cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
@@ -1481,6 +1510,9 @@ GREEDY_MISTAKES = {
     "(B, V); take .argmax(dim=-1) over the vocabulary.",
     "no_eos_fill": "a row that has written <eos> must keep writing <eos> (fill finished rows "
     "with eos_id), and decoding stops once every row has finished.",
+    "no_fill_stop": "a row that has written <eos> must keep writing <eos>: here a finished row "
+    "went on with other tokens until every row had finished. Fill the finished rows with eos_id "
+    "(next_token.masked_fill(done, eos_id)).",
     "no_stop": "stop as soon as every row has written <eos>; here decoding ran on to max_len.",
     "stop_at_any": "decoding stopped when the first row finished; stop only when every row has "
     "written <eos> (done.all(), not done.any()).",

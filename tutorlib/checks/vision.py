@@ -86,6 +86,9 @@ def _patch_variant(images: Tensor, P: int, kind: str) -> Tensor:
     N = (H // P) * (W // P)
     if kind == "no_permute":
         return images.reshape(B, N, C * P * P)
+    if kind == "hw_swapped":  # unpacked as B, C, W, H: the grid read as (W/P, H/P)
+        x = images.reshape(B, C, W // P, P, H // P, P)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(B, N, C * P * P)
     if kind == "strided":  # H split as (P, H/P): a "patch" takes pixels H/P apart
         x = images.reshape(B, C, P, H // P, P, W // P)  # (B, C, P, rows, P, cols)
         return x.permute(0, 3, 5, 1, 2, 4).reshape(B, N, C * P * P)
@@ -107,6 +110,8 @@ PATCH_MISTAKES = {
     "by row.",
     "no_permute": "a plain reshape does not cut patches: it slices the image's memory in "
     "order. Reshape to (B, C, H/P, P, W/P, P), permute, then reshape.",
+    "hw_swapped": "the image is read as (B, C, W, H); it is (B, C, H, W): its height is dim 2 "
+    "and its width dim 3, so reshape to (B, C, H/P, P, W/P, P).",
     "strided": "the reshape splits H into (P, H/P), so a 'patch' takes pixels H/P apart; split "
     "it into (H/P, P) (and W into (W/P, P)) so that a patch's pixels are neighbours.",
 }
@@ -243,7 +248,7 @@ def _embed_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, Tensor, int]]:
         d = draw.choice([d for d in range(2, 9) if d not in (N, C * P * P)])
         cases.append(
             (
-                draw.normal(draw.integer(1, 3), C, H, W, grad=True),
+                draw.normal(draw.integer(2, 3), C, H, W, grad=True),
                 draw.normal(d, C, P, P, scale=0.5, grad=True),
                 draw.normal(d, grad=True),
                 P,
@@ -320,6 +325,12 @@ CLS_MISTAKES = {
 }
 
 
+CLS_ADDED = (
+    "the result has N tokens: the class token was added to the patches. It is a token of its "
+    "own: concatenate it in front of them (torch.cat, N + 1 tokens), then add the positions."
+)
+
+
 def _cls_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, Tensor]]:
     """A batch of several images and N != C (so no transposition hides), then one patch."""
     cases = []
@@ -340,10 +351,12 @@ def _check_cls_case(ex: Exercise, fn: Callable, tokens: Tensor, cls: Tensor, pos
     out = ex.call(fn, tokens, cls, pos)
     expected = _cls_variant(tokens, cls, pos)
     td, cd, pd = tokens.detach(), cls.detach(), pos.detach()
+    what = f"add_cls_and_positions for tokens {tuple(tokens.shape)}"
+    _expect_shape(out, tuple(expected.shape), what, {tuple(tokens.shape): CLS_ADDED})
     expect_close(
         out,
         expected,
-        what=f"add_cls_and_positions for tokens {tuple(tokens.shape)}",
+        what=what,
         mistakes={
             hint: (lambda k=kind: _cls_variant(td, cd, pd, k))
             for kind, hint in CLS_MISTAKES.items()
@@ -380,7 +393,7 @@ ROLLOUT_FORBIDDEN = Forbidden(python=(vision.attention_rollout,))
 def _rollout_variant(attentions: list[Tensor], kind: str) -> Tensor:
     result = None
     for a in attentions:
-        a = a.amax(dim=1) if kind == "max_heads" else a.mean(dim=1)  # (B, S, S)
+        a = {"max_heads": a.amax(dim=1), "heads_summed": a.sum(dim=1)}.get(kind, a.mean(dim=1))
         eye = _eye(a.shape[-1], dtype=a.dtype)
         if kind == "not_renormalised":
             a = a + eye
@@ -404,6 +417,8 @@ ROLLOUT_MISTAKES = {
     "reversed": "the layers are multiplied in the wrong order: a later layer mixes what the "
     "earlier ones produced, so the product is A_L ... A_2 A_1 (new layer on the left).",
     "max_heads": "the heads are combined by their maximum; average them.",
+    "heads_summed": "the heads are summed, so that the identity weighs 1 against their H: "
+    "average them (A = mean over dim 1), then take 0.5 A + 0.5 I.",
     "summed": "the layers' matrices are summed; rollout multiplies them, following the flow "
     "of information through the layers.",
     "not_renormalised": "each layer's matrix A + I has rows that sum to 2: take 0.5 A + 0.5 I "
@@ -418,7 +433,7 @@ def _rollout_hidden(draw: Draw) -> list[list[Tensor]]:
     single layer."""
     cases = []
     for L in (draw.integer(2, 4), 1):
-        H, B = draw.integer(2, 4), draw.integer(1, 3)
+        H, B = draw.integer(2, 4), draw.integer(2, 3)
         B = B if B != H else B + 1
         S = draw.integer(3, 6)
         cases.append([torch.softmax(3 * draw.normal(B, H, S, S), dim=-1) for _ in range(L)])
@@ -487,6 +502,10 @@ def _area(boxes: Tensor, kind: str = "") -> Tensor:
 
 
 def _iou(a: Tensor, b: Tensor, kind: str = "") -> Tensor:
+    if kind == "xywh_corners":  # (x, y, w, h): the far corner is (x + w, y + h)
+        a, b = (_cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1) for t in (a, b))
+    elif kind == "x0_x1_y0_y1_corners":  # (x0, x1, y0, y1): columns 1 and 2 swapped
+        a, b = a[:, [0, 2, 1, 3]], b[:, [0, 2, 1, 3]]
     lower, upper = (
         (torch.minimum, torch.maximum) if kind == "hull" else (torch.maximum, torch.minimum)
     )
@@ -521,6 +540,10 @@ IOU_MISTAKES = {
     "(x1 - x0) * (y1 - y0) = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]).",
     "x0_x1_y0_y1": "the areas read a box as (x0, x1, y0, y1); it is (x0, y0, x1, y1), so its "
     "area is (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]).",
+    "xywh_corners": "the boxes are corners (x0, y0, x1, y1), not (x, y, width, height): x1 is "
+    "boxes[:, 2] itself, not x0 + boxes[:, 2].",
+    "x0_x1_y0_y1_corners": "the boxes are read as (x0, x1, y0, y1); they are (x0, y0, x1, y1): "
+    "x0, y0, x1, y1 = boxes.unbind(-1).",
 }
 
 TRANSPOSED_IOU = "the rows belong to boxes1 and the columns to boxes2: the result is (N, M)."
@@ -641,7 +664,7 @@ COST_ERRORS = {
 def _cost(
     probs: Tensor, pred: Tensor, labels: Tensor, target: Tensor, w: float, kind: str = ""
 ) -> Tensor:
-    p = probs[:, labels]  # (Q, M)
+    p = probs[:, labels + 1 if kind == "shifted" else labels]  # (Q, M)
     class_term = {"plus_prob": p, "log_prob": -p.log(), "one_minus": 1 - p}.get(kind, -p)
     box_term = _cdist(pred, target, p=2.0 if kind == "l2" else 1.0)  # (Q, M)
     if kind == "mean_l1":
@@ -661,6 +684,8 @@ COST_MISTAKES = {
     "probability (DETR keeps the log for the loss).",
     "one_minus": "the class term is -p[label]; 1 - p[label] shifts every cost by 1 (the same "
     "matching, but not the cost asked for).",
+    "shifted": "the class term reads column labels + 1; class k is column k of probs (column "
+    "0 is a real class, 'no object' is the last column, K).",
     "l2": "the box term is the Euclidean (L2) distance; DETR's is the L1 distance, the sum of the "
     "four absolute differences.",
     "mean_l1": "the L1 distance is averaged over the four coordinates; sum them.",
@@ -752,6 +777,8 @@ SET_FORBIDDEN = Forbidden(
 )
 
 SET_ERRORS = {
+    "out of bounds for dimension": "pred_idx indexes the queries (the rows of logits) and "
+    "tgt_idx the targets (labels): target[pred_idx] = labels[tgt_idx].",
     "numel() == 0": "there may be no targets at all (M = 0): then every query's target is 'no "
     "object'.",
     "out of bounds": "the 'no object' class is K, the last column of logits: logits.shape[1] - 1.",
@@ -818,6 +845,14 @@ def _cycle(draw: Draw, M: int) -> Tensor:
     return torch.tensor(perm)
 
 
+def _not_all_below(pred_idx: Tensor, M: int, Q: int) -> Tensor:
+    """The matched queries, one of them at M or beyond (Q - 1 if none is), so that indices
+    swapped (labels[pred_idx]) cannot go unnoticed."""
+    if int(pred_idx.max()) < M:
+        pred_idx[0] = Q - 1
+    return pred_idx
+
+
 def _eos(draw: Draw) -> float:
     return draw.choice([0.05, 0.1, 0.15, 0.2, 0.25, 0.3])  # two digits: shown as given
 
@@ -831,7 +866,7 @@ def _set_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, Tensor, Tensor, float]
     first = (
         draw.normal(Q, K + 1, grad=True),
         torch.tensor(draw.sample(range(K - 1), M)),
-        draw.permutation(Q)[:M],
+        _not_all_below(draw.permutation(Q)[:M], M, Q),
         _cycle(draw, M),
         _eos(draw),
     )
@@ -904,7 +939,8 @@ def _info_nce(images: Tensor, texts: Tensor, T: float, kind: str = "") -> Tensor
     elif kind != "no_normalize":
         images, texts = _normalize(images, dim=-1), _normalize(texts, dim=-1)
     logits = images @ texts.T  # (N, N)
-    logits = logits * T if kind == "temperature_inverted" else logits / T
+    if kind != "no_temperature":
+        logits = logits * T if kind == "temperature_inverted" else logits / T
     labels = torch.arange(len(logits))
     rows, columns = _cross_entropy(logits, labels), _cross_entropy(logits.T, labels)
     if kind == "rows_only":
@@ -921,6 +957,8 @@ NCE_MISTAKES = {
     "each embedding by its norm (F.normalize(x, dim=-1)) first.",
     "normalised_over_batch": "the embeddings are normalised along the batch (dim 0); normalise "
     "each embedding, each row, to unit length: F.normalize(x, dim=-1).",
+    "no_temperature": "the similarities are not divided by the temperature: logits = "
+    "image_emb @ text_emb.T / temperature (a small temperature sharpens the softmax).",
     "temperature_inverted": "the temperature is inverted: divide the similarities by the "
     "temperature (a small temperature sharpens the softmax), don't multiply.",
     "rows_only": "only one direction counts: the image-to-text cross-entropy (a softmax over "
@@ -932,6 +970,12 @@ NCE_MISTAKES = {
     "F.cross_entropy(logits, labels), the other over each column, "
     "F.cross_entropy(logits.T, labels); CLIP's loss averages the two.",
     "summed": "the two cross-entropies are added; CLIP's loss is their mean: divide by 2.",
+}
+
+
+NCE_ERRORS = {
+    "batch_size": "the labels are torch.arange(N), one per pair (the rows of logits), not one "
+    "per dimension of the embeddings (d)."
 }
 
 
@@ -949,7 +993,7 @@ def _nce_hidden(draw: Draw) -> list[tuple[Tensor, Tensor, float]]:
 
 
 def _check_nce_case(ex: Exercise, fn: Callable, images: Tensor, texts: Tensor, T: float) -> None:
-    out = ex.call(fn, images, texts, T)
+    out = ex.call(fn, images, texts, T, hints=NCE_ERRORS)
     expected = _info_nce(images, texts, T)
     idd, tdd = images.detach(), texts.detach()
     N, d = images.shape
