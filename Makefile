@@ -11,6 +11,9 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 # Nothing here may reach the network at run time.
 export HF_HUB_OFFLINE := 1
+# Outside a grading run, hidden tests draw their inputs from this seed (tutorlib.checks.draw), so
+# that the Solutions appendix and the tests repeat; a grading run uses the course's secret.
+export TUTORLIB_HIDDEN_SEED := course-book
 
 .PHONY: book test venv lint exercises solutions notebooks budgets lock clean sandbox-tools \
   browser-tools
@@ -57,21 +60,23 @@ $(CACHE)/.sources: $(shell find tutorlib -name '*.py') requirements.txt
 ## The pages that train a model for most of their budget (marker `quiet`, tests/test_pages.py)
 ## then run one at a time with both cores, as their budgets are defined.
 ## Grading a class starts grading processes of its own (two workers): those tests run after the
-## parallel phase, so that they do not compete with the pages' time budgets, the hostile class
-## alone (its cells have 8 s each). So do the book build and the site tests, which open every
+## parallel phase, one module after another in one process, so that they do not compete with the
+## pages' time budgets: the hostile class (its cells have 8 s each), then one class of every
+## assignment (the round trips, tests/test_grading.py, and the red team, tests/test_redteam.py,
+## share it: tests.conftest.graded_class). So do the book build and the site tests, which open every
 ## page in Chromium: one worker builds and browses the site (one module, so one build: --dist
 ## loadscope keeps a module on one worker) while the other runs the instructors' page's
 ## commands; neither has a time budget.
-HOSTILE_TESTS := tests/test_autograde.py
+GRADING_TESTS := tests/test_autograde.py tests/test_grading.py tests/test_redteam.py
 SITE_TESTS := tests/test_instructors.py tests/test_site.py
-SERIAL_TESTS := $(HOSTILE_TESTS) $(SITE_TESTS)
+SERIAL_TESTS := $(GRADING_TESTS) $(SITE_TESTS)
 
 test: $(STAMP) lint sandbox-tools browser-tools
 	rm -rf _build/executed _build/test-artifacts
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
 	  --nbval --nbval-current-env -m "not quiet" $(addprefix --deselect ,$(SERIAL_TESTS))
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -m quiet tests/test_pages.py
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(HOSTILE_TESTS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(GRADING_TESTS)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope \
 	  $(SITE_TESTS)
 

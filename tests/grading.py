@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 EXERCISES = ROOT / "exercises"
 ASSIGNMENTS = sorted(p.name for p in SOLUTIONS.iterdir() if p.is_dir())
+# The test courses' grading secret: fixed, so that their hidden tests draw the same inputs in
+# every run (a real course's secret is random: tutorlib.checks.gradebook.use_course_secret).
+GRADING_SECRET = "0123456789abcdef0123456789abcdef"
 
 
 def nbgrader(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -44,6 +47,7 @@ def new_course(destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copytree(SOLUTIONS, destination / "solutions")
     shutil.copy(ROOT / "nbgrader_config.py", destination / "nbgrader_config.py")
+    (destination / "grading_secret").write_text(GRADING_SECRET + "\n")
     return destination
 
 
@@ -114,7 +118,7 @@ def benchmark(count: int, alone: bool = True, assignment: str = "01_foundations"
     """Grade `count` synthetic submissions of `assignment` twice: by nbgrader alone (one
     process, one submission after another, the notebook's own kernel) and by
     `tutorlib.checks.autograde` (two workers, the sandboxed kernel). Submissions per minute."""
-    from tests.test_grading import ROUND_TRIPS, _submit
+    from tests.submissions import ROUND_TRIPS, submit
     from tutorlib.checks.autograde import class_report, grade_class
 
     plan = ROUND_TRIPS[assignment]
@@ -123,7 +127,7 @@ def benchmark(count: int, alone: bool = True, assignment: str = "01_foundations"
         course = new_course(Path(tmp))
         generate(course, [assignment])
         for i in range(count):
-            _submit(course, assignment, f"student{i:03d}", kinds[i % len(kinds)])
+            submit(course, assignment, f"student{i:03d}", kinds[i % len(kinds)])
         seconds_alone = float("nan")
         if alone:
             start = time.perf_counter()

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 
 from tests.grading import SOLUTIONS, generate, new_course
-from tests.test_grading import LAYER_NORM_MISTAKE, _submit
+from tests.submissions import LAYER_NORM_MISTAKE, submit
 from tutorlib.checks import sandbox
 from tutorlib.checks.autograde import (
     ResilientExecute,
@@ -161,7 +161,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     threading.Thread(target=lambda: connections.append(listener.accept()), daemon=True).start()
     students = _hostile(course, listener.getsockname()[1])
     for student, changes in students.items():
-        _submit(course, ASSIGNMENT, student, changes)
+        submit(course, ASSIGNMENT, student, changes)
     _edit(course, "edited_test", _test_cell_reads_pass)
     _edit(course, "deleted_test", _without("test_layer_norm"))
     _edit(course, "deleted_solution", _without("layer_norm"))
@@ -202,11 +202,13 @@ EXPECTED = {
     "fork_bomb": (FULL - LOST, "", ""),
     "sys_exit": (FULL - LOST, "", ""),
     "os_exit": (FULL - LOST, "the kernel died while running this cell", ""),
-    "segfault": (FULL - LOST, "the kernel died while running this cell", "imports ctypes"),
+    # flagged (imports ctypes): the tests after its cell wait for a person, at 0 until then
+    "segfault": (FULL - LOST - 4, "the kernel died while running this cell", "imports ctypes"),
     "huge_output": (FULL, "", ""),
     "writes_outside": (FULL, "", ""),
     "network": (FULL - LOST, "", ""),
-    "patches_checks": (FULL, "", "patches checks.check_layer_norm"),
+    # its patched check passes in the kernel; the flag holds test_layer_norm for a person
+    "patches_checks": (FULL - 2, "", "patches checks.check_layer_norm"),
     "edited_test": (FULL - LOST, "", ""),  # nbgrader restores the test: the mistake fails it
     "deleted_test": (FULL - LOST, "", ""),  # ... and puts a deleted test back
     "deleted_solution": (FULL - LOST, "", ""),
@@ -332,3 +334,30 @@ def test_an_unreadable_notebook_is_set_aside_not_deleted(tmp_path: Path) -> None
     (aside,) = set_aside_unreadable(tmp_path, "a1", "bob")
     assert aside.startswith("bad.ipynb set aside as unreadable")
     assert sorted(p.name for p in folder.iterdir()) == ["bad.ipynb.unreadable", "good.ipynb"]
+
+
+def test_grading_an_assignment_the_gradebook_does_not_know_says_what_to_run(
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    course = new_course(tmp_path / "course")
+    folder = course / "submitted" / "alice" / ASSIGNMENT
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), folder / f"{NOTEBOOK}.ipynb")
+    command = [
+        sys.executable,
+        "-m",
+        "tutorlib.checks.autograde",
+        ASSIGNMENT,
+        "--course",
+        str(course),
+    ]
+    for step in ("no gradebook", "a gradebook without it"):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 2, (step, result.stderr)
+        assert f"nbgrader generate_assignment {ASSIGNMENT}" in result.stderr, result.stderr
+        assert "Nothing was graded" in result.stderr and "Traceback" not in result.stderr
+        assert not (course / "autograded").exists()
+        if step == "no gradebook":
+            generate(course, ["02_attention"])  # another assignment only

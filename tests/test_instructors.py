@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.grading import ROOT, new_course
-from tests.test_grading import LAYER_NORM_MISTAKE, _submit
+from tests.submissions import LAYER_NORM_MISTAKE, submit
 
 PAGE = ROOT / "book" / "instructors.md"
 ASSIGNMENT = "01_foundations"
@@ -42,7 +42,7 @@ def _lms_archive(course: Path) -> None:
     (staging / "submitted").mkdir(parents=True)
     (staging / "exercises").symlink_to(course / "exercises")
     for student, changes in STUDENTS.items():
-        _submit(staging, ASSIGNMENT, student, changes)
+        submit(staging, ASSIGNMENT, student, changes)
     archive = course / "downloaded" / ASSIGNMENT / "archive"
     archive.mkdir(parents=True)
     with zipfile.ZipFile(archive / "submissions.zip", "w") as zf:

@@ -45,6 +45,7 @@ from tutorlib.checks.sandbox import KERNEL_NAME, install_kernelspec, sandbox_ava
 from tutorlib.checks.tamper import scan_notebook
 
 __all__ = [
+    "NotGenerated",
     "Outcome",
     "ResilientExecute",
     "class_report",
@@ -124,6 +125,32 @@ class Outcome:
     seconds: float
     log: str = ""  # the end of nbgrader's output when it did not end well
     set_aside: list[str] = dataclasses.field(default_factory=list)  # unreadable notebooks
+
+
+class NotGenerated(Exception):
+    """The course's gradebook does not know the assignment: nothing can be graded yet."""
+
+
+def require_generated(assignment: str, course: Path) -> None:
+    """Raise NotGenerated, saying what to run, unless `nbgrader generate_assignment` has recorded
+    `assignment` in the course's gradebook (its test cells and their points, which nbgrader
+    needs to grade and to put hidden and deleted tests back)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    database = course / "gradebook.db"
+    known = database.exists()
+    if known:
+        with Gradebook(f"sqlite:///{database}") as gradebook:
+            try:
+                gradebook.find_assignment(assignment)
+            except MissingEntry:
+                known = False
+    if not known:
+        raise NotGenerated(
+            f"the gradebook of {course} does not know assignment {assignment!r} yet. Run "
+            f"`nbgrader generate_assignment {assignment}` in {course} first (it records the "
+            "assignment's test cells and points), then grade again. Nothing was graded."
+        )
 
 
 def network_isolation() -> list[str]:
@@ -238,6 +265,7 @@ def grade_class(
     hangs its kernel).
     """
     course = Path(course).resolve()
+    require_generated(assignment, course)
     students = submitted_students(course, assignment) if students is None else students
     extra = [f"--Execute.timeout={timeout}"]
     if sandbox:
@@ -439,6 +467,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-network", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    try:
+        require_generated(args.assignment, args.course.resolve())
+    except NotGenerated as error:
+        print(f"Cannot grade: {error}", file=sys.stderr)
+        sys.exit(2)
     outcomes = grade_class(
         args.assignment,
         args.course,
@@ -457,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         if outcome.status != "graded":
             print(f"  {outcome.student}: {outcome.status}\n    {outcome.log[-300:]}")
     print(f"report: {folder}")
+    print(f"hidden-test seeds: {folder / 'grading-log.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -1,43 +1,51 @@
-"""What a learner sees of the hidden tests in nbgrader's feedback: their verdict, not their code.
+"""What a learner sees of the hidden tests in nbgrader's feedback: their verdict, not their code
+and not the values the reference computed.
 
 nbgrader puts the hidden tests back into a submission before it runs them, and
 `nbgrader generate_feedback` renders that notebook as it ran: the hidden test source and, when
 a hidden test fails, a traceback through it (nbgrader issues #917 and #1363). `HideHiddenTests`
-is a preprocessor for `GenerateFeedback` (see `nbgrader_config.py`): in every cell that holds a
-hidden-test region it replaces the region by a comment and shortens each error to its last
-line, the learner's diagnostic, with any value the reference computed taken out.
+is a preprocessor for `GenerateFeedback` (see `nbgrader_config.py`). In every cell that holds a
+hidden-test region it replaces the region by a comment and keeps, of each error, one line:
 
-Book: Instructors (autograding and feedback).
+* an `ExerciseError` (or another error whose message the course's code wrote without reference
+  values: a name the learner did not define, a stub, a cell the grader stopped) keeps
+  `Name: message`. A hidden test's `ExerciseError` never holds the expected value: it leaves it
+  out when it is made (`tutorlib.checks.errors`), so there is nothing here to take out;
+* any other error, whose message could quote anything, becomes `Name: ...` with no message.
+
+Book: Instructors (feedback).
 """
 
 from __future__ import annotations
-
-import re
 
 from nbconvert.exporters.exporter import ResourcesDict
 from nbformat import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Unicode
 
-__all__ = ["HIDDEN_PLACEHOLDER", "HideHiddenTests", "redact_expected"]
+__all__ = ["HIDDEN_PLACEHOLDER", "SAFE_ERRORS", "HideHiddenTests"]
 
 HIDDEN_PLACEHOLDER = "# (hidden tests: they ran when this notebook was graded)"
 
-# "(got 0.5, expected 0.25)" and "expected 0.25": values of the reference on hidden inputs.
-_GOT_EXPECTED = re.compile(r"\s*\(got [^()]*, expected [^()]*\)")
-_EXPECTED_NUMBER = re.compile(r"expected (?:values? )?-?[0-9][0-9.e+-]*")
-
-
-def redact_expected(message: str) -> str:
-    """`message` without the reference's values: what the learner got is theirs to see, what
-    the hidden test expected is not."""
-    message = _GOT_EXPECTED.sub("", message)
-    return _EXPECTED_NUMBER.sub("expected (hidden)", message)
+# Errors whose messages hold no value of a hidden test's reference: the checks' own, Python's
+# for a missing name or an unfinished answer, and the grader's notes on a cell it stopped.
+SAFE_ERRORS = frozenset(
+    {
+        "ExerciseError",
+        "NameError",
+        "NotImplementedError",
+        "SyntaxError",
+        "IndentationError",
+        "KeyboardInterrupt",
+        "KernelDied",
+        "CellTimeoutError",
+        "NotRun",
+    }
+)
 
 
 class HideHiddenTests(NbGraderPreprocessor):
-    """Remove hidden-test regions from the feedback and keep only the last line of their
-    errors (`ExerciseError: <diagnostic>`), redacted with `redact_expected`."""
+    """Remove hidden-test regions from the feedback and keep one line of their errors."""
 
     begin_test_delimeter = Unicode("BEGIN HIDDEN TESTS").tag(config=True)
     end_test_delimeter = Unicode("END HIDDEN TESTS").tag(config=True)
@@ -62,6 +70,10 @@ class HideHiddenTests(NbGraderPreprocessor):
         cell.source = self._strip(cell.source)
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                output["evalue"] = redact_expected(str(output.get("evalue", "")))
-                output["traceback"] = [f"{output.get('ename', 'Error')}: {output['evalue']}"]
+                name = str(output.get("ename", "Error"))
+                if name in SAFE_ERRORS:
+                    output["evalue"] = str(output.get("evalue", ""))
+                else:
+                    output["evalue"] = "(the details are not shown: this cell holds hidden tests)"
+                output["traceback"] = [f"{name}: {output['evalue']}"]
         return cell, resources

@@ -12,6 +12,11 @@ real kernel (`python -m ipykernel_launcher`) under
   own, so that the process limit holds (the kernel ignores it for root) and is not shared with
   the kernels grading other students.
 
+Before it starts the kernel, the launcher turns the course's grading secret
+(`TUTORLIB_GRADING_SECRET`, from the grader's environment) into the seed of this submission's
+hidden tests (`TUTORLIB_HIDDEN_SEED`, `tutorlib.checks.secret`): the learner's code sees its own
+seed, never the secret.
+
 Without bubblewrap only the resource limits apply, and the launcher says so on stderr. The
 network is cut outside the kernel: `tutorlib.checks.autograde` runs nbgrader itself in a new
 network namespace (`unshare -n`), because a kernel in its own network namespace could not reach
@@ -101,16 +106,38 @@ def _real_root() -> bool:
 def hidden_paths(cwd: Path) -> list[Path]:
     """What a kernel grading `<course>/autograded/<student>/<assignment>` must not see.
 
-    The other students' folders and the raw submissions, the feedback, the instructor
-    notebooks (`source/` or `solutions/`) and the gradebook files (`*.db`) of the course.
-    Any other working directory hides nothing.
+    The other students' folders and the raw submissions, the feedback, the reports (scores and
+    seeds), the instructor notebooks (`source/` or `solutions/`), the gradebook files (`*.db`)
+    and the grading secret of the course. Any other working directory hides nothing.
     """
     if cwd.parent.parent.name != "autograded":
         return []
     course = cwd.parent.parent.parent
-    folders = ["autograded", "submitted", "feedback", "source", "solutions"]
+    folders = ["autograded", "submitted", "feedback", "reports", "source", "solutions"]
     hidden = [course / name for name in folders if (course / name).is_dir()]
-    return hidden + sorted(course.glob("*.db*"))
+    files = sorted(course.glob("*.db*")) + sorted(course.glob("grading_secret"))
+    return hidden + files
+
+
+def _secret_module():
+    """tutorlib/checks/secret.py, loaded by path: importing the package would import torch in
+    the launcher (a second per kernel)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_tutorlib_secret", Path(__file__).with_name("secret.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seed_for_kernel(cwd: Path) -> None:
+    """Replace the course's secret in this environment by the submission's seed."""
+    secret = _secret_module()
+    course_secret = os.environ.pop(secret.SECRET_ENV, None)
+    if course_secret:
+        os.environ[secret.SEED_ENV] = secret.submission_seed(course_secret, cwd)
 
 
 def _tutorlib_package() -> Path:
@@ -190,6 +217,7 @@ def _apply(limits: Limits, processes: bool) -> None:
 def launch(connection_file: str) -> None:
     """Replace this process by the sandboxed kernel (does not return)."""
     limits = Limits.from_env()
+    _seed_for_kernel(Path.cwd())
     kernel = [sys.executable, "-m", "ipykernel_launcher"]
     if sandbox_available():
         fd = os.open(connection_file, os.O_RDONLY)

@@ -1,0 +1,1057 @@
+"""Right answers to Chapter 6's exercises, written as learners write them."""
+
+LM = "06_generative/01_language_modelling.ipynb"
+PP = "06_generative/02_pretrained_and_pixels.ipynb"
+
+VARIANTS = {
+    LM: {
+        "causal_lm_loss": {
+            "log-softmax-gather": '''
+def causal_lm_loss(logits, tokens):
+    """Shapes: logits (B, T, V), tokens (B, T) -> scalar."""
+    log_probs = torch.log_softmax(logits[:, :-1, :], dim=-1)  # (B, T-1, V)
+    targets = tokens[:, 1:].unsqueeze(-1)  # (B, T-1, 1)
+    picked = log_probs.gather(dim=-1, index=targets).squeeze(-1)  # (B, T-1)
+    return -picked.mean()
+''',
+            "classes-in-dim-1": """
+def causal_lm_loss(logits, tokens):
+    # cross_entropy wants (N, C, d1): put the vocabulary in dimension 1
+    predictions = logits[:, :-1].transpose(1, 2)  # (B, V, T-1)
+    targets = tokens[:, 1:]  # (B, T-1)
+    return F.cross_entropy(predictions, targets)
+""",
+            "nll-of-log-softmax": """
+from torch.nn import functional as F
+
+
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    assert tokens.shape == (B, T)
+    inputs = logits.narrow(1, 0, T - 1).flatten(0, 1)  # (B*(T-1), V)
+    targets = tokens.narrow(1, 1, T - 1).flatten()  # (B*(T-1),)
+    return F.nll_loss(F.log_softmax(inputs, dim=1), targets)
+
+
+print(causal_lm_loss(torch.zeros(2, 5, 7), torch.zeros(2, 5, dtype=torch.long)), math.log(7))
+""",
+            "logsumexp-loop": '''
+def token_nll(row_logits, target):
+    """-log softmax(row_logits)[target] for one position."""
+    return torch.logsumexp(row_logits, dim=0) - row_logits[target]
+
+
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    losses = []
+    for b in range(B):
+        for t in range(T - 1):
+            losses.append(token_nll(logits[b, t], tokens[b, t + 1]))
+    return torch.stack(losses).sum() / (B * (T - 1))
+''',
+        },
+        "sample_with_temperature": {
+            "softmax-flatten": """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return torch.argmax(logits, dim=1)
+    scaled = logits / temperature
+    probs = F.softmax(scaled, dim=1)
+    ids = torch.multinomial(probs, num_samples=1, replacement=True, generator=generator)
+    return ids.flatten()
+""",
+            "unnormalised-weights": """
+def sample_with_temperature(logits, temperature, generator=None):
+    if not temperature:  # T = 0: greedy
+        return logits.max(dim=-1).indices
+    z = logits / temperature
+    z = z - z.max(dim=-1, keepdim=True).values  # stable exp
+    weights = torch.exp(z)  # multinomial normalises the rows itself
+    return torch.multinomial(weights, 1, generator=generator)[:, 0]
+""",
+            "log-space-helper": '''
+def temperature_probs(logits, temperature):
+    """softmax(logits / T) through the log-probabilities."""
+    return torch.log_softmax(logits / temperature, dim=-1).exp()
+
+
+def sample_with_temperature(logits, temperature, generator=None):
+    B, V = logits.shape
+    if temperature == 0.0:
+        out = logits.argmax(dim=-1)
+    else:
+        probs = temperature_probs(logits, temperature)
+        out = torch.multinomial(probs, 1, generator=generator).view(B)
+    assert out.shape == (B,) and out.dtype == torch.int64
+    return out
+''',
+            "inverse-cdf": '''
+def sample_with_temperature(logits, temperature, generator=None):
+    """Inverse-CDF sampling with the generator passed in (one uniform number per row)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=probs.dtype)  # (B, 1)
+    ids = (cdf < u).sum(dim=-1)  # the first token whose cumulative probability reaches u
+    return ids.clamp(max=probs.shape[-1] - 1)
+''',
+        },
+        "top_k_filter": {
+            "argsort-scatter": """
+def top_k_filter(logits, k):
+    order = torch.argsort(logits, dim=-1, descending=True)  # (B, V)
+    keep = torch.zeros(logits.shape, dtype=torch.bool).scatter(1, order[:, :k], True)
+    return torch.where(keep, logits, torch.full_like(logits, float("-inf")))
+""",
+            "row-loop": """
+def top_k_filter(logits, k):
+    out = torch.full_like(logits, float("-inf"))
+    for b in range(logits.shape[0]):
+        values, index = torch.topk(logits[b], k)
+        out[b, index] = values
+    return out
+""",
+            "kthvalue-with-ties": """
+def top_k_filter(logits, k):
+    B, V = logits.shape
+    # the k-th largest is the (V - k + 1)-th smallest
+    threshold = logits.kthvalue(V - k + 1, dim=-1, keepdim=True).values  # (B, 1)
+    above = logits > threshold
+    tied = logits == threshold
+    room = k - above.sum(dim=-1, keepdim=True)  # how many of the tied ones still fit
+    keep = above | (tied & (tied.cumsum(dim=-1) <= room))
+    assert (keep.sum(dim=-1) == k).all()
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+            "ranks": """
+def top_k_filter(logits, k):
+    ranks = logits.argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = largest
+    return logits.masked_fill(ranks >= k, -math.inf)
+""",
+        },
+        "top_p_filter": {
+            "shifted-cumsum": """
+def top_p_filter(logits, p):
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    total = sorted_probs.cumsum(dim=-1)
+    before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], dim=-1)
+    keep_sorted = before < p
+    keep = keep_sorted.gather(-1, order.argsort(dim=-1))  # back to the vocabulary's order
+    return torch.where(keep, logits, torch.tensor(float("-inf"), dtype=logits.dtype))
+""",
+            "row-loop": """
+def top_p_filter(logits, p):
+    out = torch.full_like(logits, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    for b in range(logits.shape[0]):
+        ranked = sorted(range(logits.shape[1]), key=lambda v: -probs[b, v].item())
+        total = 0.0
+        for v in ranked:
+            out[b, v] = logits[b, v]
+            total += probs[b, v].item()
+            if total >= p:
+                break
+    return out
+""",
+            "count-then-ranks": """
+def top_p_filter(logits, p):
+    B, V = logits.shape
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)  # (B, V)
+    # the tokens before the first total >= p, plus that one
+    n_keep = ((cumulative < p).sum(dim=-1, keepdim=True) + 1).clamp(max=V)  # (B, 1)
+    ranks = logits.argsort(dim=-1, descending=True).argsort(dim=-1)
+    return logits.masked_fill(ranks >= n_keep, float("-inf"))
+""",
+            "ascending-remove": """
+def top_p_filter(logits, p):
+    # ascending: a token goes when it and everything less probable hold at most 1 - p
+    sorted_logits, order = logits.sort(dim=-1)
+    mass_up_to = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = mass_up_to <= 1 - p
+    remove_sorted[:, -1] = False  # the most probable token stays
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+""",
+        },
+        "apply_repetition_penalty": {
+            "gather-scatter": """
+def apply_repetition_penalty(logits, previous, penalty):
+    seen = logits.gather(1, previous)  # (B, t) the logits of the tokens written so far
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, previous, seen)  # repeated ids write the same value
+""",
+            "loop-over-ids": """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        for token in set(previous[b].tolist()):
+            value = out[b, token]
+            if value > 0:
+                out[b, token] = value / penalty
+            else:
+                out[b, token] = value * penalty
+    return out
+""",
+            "mask-index": """
+def apply_repetition_penalty(logits, previous, penalty):
+    B, V = logits.shape
+    seen = torch.zeros(B, V, dtype=torch.bool)
+    seen[torch.arange(B).unsqueeze(1), previous] = True
+    lower = torch.where(logits < 0, logits * penalty, logits / penalty)
+    print("penalised", int(seen.sum()), "logits")
+    return torch.where(seen, lower, logits)
+""",
+            "one-hot": """
+def apply_repetition_penalty(logits, previous, penalty):
+    V = logits.shape[-1]
+    seen = F.one_hot(previous, num_classes=V).sum(dim=1) > 0  # (B, V)
+    positive = seen & (logits > 0)
+    negative = seen & (logits <= 0)
+    out = torch.where(positive, logits / penalty, logits)
+    out = torch.where(negative, out * penalty, out)
+    return out
+""",
+        },
+        "beam_search_step": {
+            "sort-flattened": """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[1]
+    total = scores.unsqueeze(-1) + log_probs.view(B, k, V)  # (B, k, V)
+    ranked, index = total.flatten(1).sort(dim=-1, descending=True)
+    index = index[:, :k]
+    beams = torch.div(index, V, rounding_mode="floor")
+    tokens = index - beams * V
+    return ranked[:, :k], beams, tokens
+""",
+            "python-loop": """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[1]
+    new_scores, beams, tokens = [], [], []
+    for b in range(B):
+        candidates = []
+        for j in range(k):
+            for v in range(V):
+                s = scores[b, j].item() + log_probs[b * k + j, v].item()
+                candidates.append((s, j, v))
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        best = candidates[:k]
+        new_scores.append([c[0] for c in best])
+        beams.append([c[1] for c in best])
+        tokens.append([c[2] for c in best])
+    return (
+        torch.tensor(new_scores, dtype=scores.dtype),
+        torch.tensor(beams),
+        torch.tensor(tokens),
+    )
+""",
+            "unravel-index": """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    candidates = scores[:, :, None] + log_probs.reshape(B, k, V)  # (B, k, V)
+    new_scores, flat = torch.topk(candidates.reshape(B, k * V), k, dim=1)
+    beams, tokens = torch.unravel_index(flat, (k, V))
+    return new_scores, beams, tokens
+""",
+            "repeat-interleave": """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.size(-1)
+    expanded = scores.repeat_interleave(V, dim=1)  # (B, k*V): s_j repeated for beam j's V tokens
+    total = expanded + log_probs.reshape(B, k * V)
+    top = total.topk(k)
+    beams = top.indices.div(V, rounding_mode="trunc")
+    tokens = top.indices.remainder(V)
+    assert beams.shape == tokens.shape == (B, k)
+    return top.values, beams, tokens
+""",
+        },
+    },
+    PP: {
+        "bert_layer_to_tutorlib": {
+            "name-table": """
+OURS_FROM_BERT = {
+    "self_attn.out_proj": "attention.output.dense",
+    "ff.linear1": "intermediate.dense",
+    "ff.linear2": "output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "norm2": "output.LayerNorm",
+}
+
+
+def bert_layer_to_tutorlib(bert):
+    state = {}
+    for kind in ("weight", "bias"):
+        q = bert[f"attention.self.query.{kind}"]
+        k = bert[f"attention.self.key.{kind}"]
+        v = bert[f"attention.self.value.{kind}"]
+        state[f"self_attn.in_proj_{kind}"] = torch.cat((q, k, v), dim=0)
+        for ours, theirs in OURS_FROM_BERT.items():
+            state[f"{ours}.{kind}"] = bert[f"{theirs}.{kind}"]
+    return state
+""",
+            "stack-reshape": """
+def bert_layer_to_tutorlib(bert):
+    C = bert["attention.self.query.weight"].shape[0]
+    w = torch.stack([bert["attention.self." + n + ".weight"] for n in ("query", "key", "value")])
+    b = torch.stack([bert["attention.self." + n + ".bias"] for n in ("query", "key", "value")])
+    out = {
+        "self_attn.in_proj_weight": w.reshape(3 * C, C),
+        "self_attn.in_proj_bias": b.reshape(3 * C),
+    }
+    renames = [
+        ("attention.output.dense.", "self_attn.out_proj."),
+        ("intermediate.dense.", "ff.linear1."),
+        ("attention.output.LayerNorm.", "norm1."),
+        ("output.LayerNorm.", "norm2."),
+        ("output.dense.", "ff.linear2."),
+    ]
+    for name, value in bert.items():
+        if name.startswith("attention.self."):
+            continue
+        for old, new in renames:
+            if name.startswith(old):
+                out[new + name[len(old):]] = value.clone()
+                break
+    return out
+""",
+            "load-into-layer": """
+def bert_layer_to_tutorlib(bert):
+    d_ff, C = bert["intermediate.dense.weight"].shape
+    weights = {
+        "self_attn.in_proj_weight": torch.vstack(
+            [bert["attention.self.query.weight"], bert["attention.self.key.weight"],
+             bert["attention.self.value.weight"]]
+        ),
+        "self_attn.in_proj_bias": torch.hstack(
+            [bert["attention.self.query.bias"], bert["attention.self.key.bias"],
+             bert["attention.self.value.bias"]]
+        ),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+    # try it: strict loading fails on a missing or misspelt name or a wrong shape
+    layer = EncoderLayer(C, 1, d_ff, activation="gelu", norm_first=False).double()
+    layer.load_state_dict(weights)
+    return weights
+""",
+            "copy-into-layer-items": """
+def bert_layer_to_tutorlib(bert):
+    q, k, v = (bert[f"attention.self.{n}.weight"] for n in ["query", "key", "value"])
+    d_ff, C = bert["intermediate.dense.weight"].shape
+    layer = EncoderLayer(C, 1, d_ff, activation="gelu", norm_first=False).to(q.dtype)
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.copy_(torch.cat([q, k, v]))
+        layer.self_attn.in_proj_bias.copy_(
+            torch.cat([bert[f"attention.self.{n}.bias"] for n in ["query", "key", "value"]])
+        )
+        layer.self_attn.out_proj.weight.copy_(bert["attention.output.dense.weight"])
+        layer.self_attn.out_proj.bias.copy_(bert["attention.output.dense.bias"])
+        layer.ff.linear1.weight.copy_(bert["intermediate.dense.weight"])
+        layer.ff.linear1.bias.copy_(bert["intermediate.dense.bias"])
+        layer.ff.linear2.weight.copy_(bert["output.dense.weight"])
+        layer.ff.linear2.bias.copy_(bert["output.dense.bias"])
+        layer.norm1.weight.copy_(bert["attention.output.LayerNorm.weight"])
+        layer.norm1.bias.copy_(bert["attention.output.LayerNorm.bias"])
+        layer.norm2.weight.copy_(bert["output.LayerNorm.weight"])
+        layer.norm2.bias.copy_(bert["output.LayerNorm.bias"])
+    return {name: tensor for name, tensor in layer.state_dict().items()}
+""",
+            "return-layer-state-dict": '''
+def bert_layer_to_tutorlib(bert):
+    """Fill an EncoderLayer with BERT's tensors and hand back its state dict."""
+    d_ff, C = bert["intermediate.dense.weight"].shape
+    layer = EncoderLayer(C, 1, d_ff, activation="gelu", norm_first=False)
+    layer = layer.to(bert["intermediate.dense.weight"].dtype)
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.copy_(torch.cat([bert[f"{p}.weight"] for p in qkv]))
+        layer.self_attn.in_proj_bias.copy_(torch.cat([bert[f"{p}.bias"] for p in qkv]))
+        for ours, theirs in [
+            (layer.self_attn.out_proj, "attention.output.dense"),
+            (layer.ff.linear1, "intermediate.dense"),
+            (layer.ff.linear2, "output.dense"),
+            (layer.norm1, "attention.output.LayerNorm"),
+            (layer.norm2, "output.LayerNorm"),
+        ]:
+            ours.weight.copy_(bert[f"{theirs}.weight"])
+            ours.bias.copy_(bert[f"{theirs}.bias"])
+    return layer.state_dict()
+''',
+        },
+        "gpt2_attention_to_tutorlib": {
+            "t-method": """
+def gpt2_attention_to_tutorlib(gpt2):
+    in_proj_weight = gpt2["c_attn.weight"].t()  # Conv1D (in, out) -> Linear (out, in)
+    out_proj_weight = gpt2["c_proj.weight"].t()
+    C = out_proj_weight.shape[0]
+    assert in_proj_weight.shape == (3 * C, C)
+    return {
+        "in_proj_weight": in_proj_weight.contiguous(),
+        "in_proj_bias": gpt2["c_attn.bias"].clone(),
+        "out_proj.weight": out_proj_weight.contiguous(),
+        "out_proj.bias": gpt2["c_proj.bias"].clone(),
+    }
+""",
+            "split-qkv": """
+def gpt2_attention_to_tutorlib(gpt2):
+    C = gpt2["c_proj.weight"].shape[0]
+    # c_attn maps a token to [q | k | v]: its columns are the three projections
+    q, k, v = gpt2["c_attn.weight"].split(C, dim=1)  # each (C, C), stored (in, out)
+    return {
+        "in_proj_weight": torch.cat([q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)]),
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"].transpose(0, 1),
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+            "copy-into-mha": """
+from torch import nn
+
+
+def gpt2_attention_to_tutorlib(gpt2):
+    w = gpt2["c_attn.weight"]
+    C = w.shape[0]
+    attention = nn.MultiheadAttention(C, 1, batch_first=True).to(w.dtype)
+    with torch.no_grad():
+        attention.in_proj_weight.copy_(w.T)
+        attention.in_proj_bias.copy_(gpt2["c_attn.bias"])
+        attention.out_proj.weight.copy_(gpt2["c_proj.weight"].T)
+        attention.out_proj.bias.copy_(gpt2["c_proj.bias"])
+    return dict(attention.state_dict())
+""",
+            "renames-permute": """
+RENAMES = {
+    "c_attn.weight": "in_proj_weight",
+    "c_attn.bias": "in_proj_bias",
+    "c_proj.weight": "out_proj.weight",
+    "c_proj.bias": "out_proj.bias",
+}
+
+
+def gpt2_attention_to_tutorlib(gpt2):
+    ours = {}
+    for theirs, value in gpt2.items():
+        if value.dim() == 2:
+            value = value.permute(1, 0)  # Conv1D stores (in, out)
+        ours[RENAMES[theirs]] = value
+    return ours
+""",
+            "return-mha-state-dict": """
+def gpt2_attention_to_tutorlib(gpt2):
+    C = gpt2["c_proj.weight"].shape[0]
+    mha = torch.nn.MultiheadAttention(C, 1, batch_first=True).double()
+    mha.load_state_dict(
+        {
+            "in_proj_weight": gpt2["c_attn.weight"].T,
+            "in_proj_bias": gpt2["c_attn.bias"],
+            "out_proj.weight": gpt2["c_proj.weight"].T,
+            "out_proj.bias": gpt2["c_proj.bias"],
+        }
+    )
+    return mha.state_dict()
+""",
+        },
+        "images_to_sequences": {
+            "floor-half-clamp": """
+def images_to_sequences(images, labels, levels):
+    B = images.shape[0]
+    scaled = images * (levels - 1)
+    pixel_ids = torch.floor(scaled + 0.5).clamp(0, levels - 1).to(torch.int64)
+    class_ids = labels.unsqueeze(1) + levels  # (B, 1)
+    return torch.cat((class_ids, pixel_ids.reshape(B, -1)), dim=1)
+""",
+            "loops": """
+def images_to_sequences(images, labels, levels):
+    B, _, H, W = images.shape
+    out = torch.zeros(B, 1 + H * W, dtype=torch.long)
+    for b in range(B):
+        out[b, 0] = levels + int(labels[b])
+        for r in range(H):
+            for c in range(W):
+                out[b, 1 + r * W + c] = round(float(images[b, 0, r, c]) * (levels - 1))
+    return out
+""",
+            "clamp-round-hstack": """
+def images_to_sequences(images, labels, levels):
+    B, C, H, W = images.shape
+    assert C == 1
+    grey = images.clamp(0.0, 1.0).view(B, H * W)  # row by row, left to right
+    pixel_ids = (grey * (levels - 1)).round().long()
+    classes = torch.full((B, 1), levels, dtype=torch.long) + labels.view(B, 1)
+    seq = torch.hstack([classes, pixel_ids])
+    print(seq.shape, seq.dtype)
+    return seq
+""",
+            "fill-slices": """
+def images_to_sequences(images, labels, levels):
+    B = len(images)
+    flat = images.flatten(start_dim=1)  # (B, H*W)
+    seq = torch.empty(B, 1 + flat.shape[1], dtype=torch.int64)
+    seq[:, 0] = levels + labels
+    seq[:, 1:] = torch.round(flat * (levels - 1))  # whole numbers, cast to int64 on assignment
+    return seq
+""",
+        },
+        "distinct_n": {
+            "counter": """
+from collections import Counter
+
+
+def distinct_n(sequences, n):
+    counts = Counter()
+    for seq in sequences:
+        for i in range(len(seq) - n + 1):
+            counts[tuple(seq[i : i + n])] += 1
+    return len(counts) / sum(counts.values())
+""",
+            "set-loop": """
+def distinct_n(sequences, n):
+    seen = set()
+    total = 0
+    for seq in sequences:
+        if len(seq) < n:
+            continue  # no n-grams
+        for start in range(len(seq) - n + 1):
+            seen.add(tuple(seq[start : start + n]))
+            total += 1
+    return len(seen) / total
+""",
+            "zip-ngrams": """
+def ngrams(seq, n):
+    return list(zip(*(seq[i:] for i in range(n))))
+
+
+def distinct_n(sequences, n):
+    grams = [g for seq in sequences for g in ngrams(seq, n)]
+    return len(set(grams)) / len(grams)
+
+
+print(distinct_n([[1, 2, 1, 2, 3], [3, 1, 2]], 2), 4 / 6)
+""",
+            "joined-with-separator": """
+def distinct_n(sequences, n):
+    keys = []
+    for seq in sequences:
+        tokens = [str(t) for t in seq]
+        for i in range(len(tokens) - n + 1):
+            keys.append(" ".join(tokens[i : i + n]))  # a separator keeps (1, 23) != (12, 3)
+    return float(len(set(keys)) / len(keys))
+""",
+        },
+    },
+}
+
+MISTAKES = {
+    LM: {
+        "causal_lm_loss": {
+            "unshifted": (
+                """
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * T, V), tokens.reshape(B * T))
+""",
+                "the targets are not shifted",
+            ),
+            "shifted-backwards": (
+                """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    predictions = logits[:, 1:].reshape(-1, V)  # drop the first position
+    targets = tokens[:, :-1].reshape(-1)  # drop the last token
+    return F.cross_entropy(predictions, targets)
+""",
+                "the shift goes the wrong way",
+            ),
+            "mean-per-sequence-of-sums": (
+                """
+def causal_lm_loss(logits, tokens):
+    B, T, V = logits.shape
+    per_token = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    return per_token.reshape(B, T - 1).sum(dim=1).mean()  # loss of each sequence, averaged
+""",
+                "summed over time and averaged over the batch only",
+            ),
+            "view-not-reshape": (
+                """
+def causal_lm_loss(logits, tokens):
+    V = logits.shape[-1]
+    predictions = logits[:, :-1].view(-1, V)  # fine for B = 1 only: the slice is not contiguous
+    targets = tokens[:, 1:].reshape(-1)
+    return F.cross_entropy(predictions, targets)
+""",
+                "instead of .view(...)",
+            ),
+        },
+        "sample_with_temperature": {
+            "multiplied": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits * temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+""",
+                "the logits were multiplied by the temperature",
+            ),
+            "multinomial-of-logits": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(logits / temperature, 1, generator=generator).squeeze(-1)
+""",
+                "give it probabilities",
+            ),
+            "ignores-generator": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1).squeeze(-1)
+""",
+                "pass generator=generator",
+            ),
+            "squeeze-all": (
+                """
+def sample_with_temperature(logits, temperature, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze()  # (B,) unless B = 1
+""",
+                "also drops the batch dimension",
+            ),
+        },
+        "top_k_filter": {
+            "threshold-keeps-ties": (
+                """
+def top_k_filter(logits, k):
+    threshold = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
+    return logits.masked_fill(logits < threshold, float("-inf"))
+""",
+                "`logits >= threshold` keeps all of them",
+            ),
+            "one-more": (
+                """
+def top_k_filter(logits, k):
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    if k >= logits.shape[-1]:
+        return logits.clone()
+    threshold = sorted_logits[:, k].unsqueeze(-1)  # the k-th largest?
+    return logits.masked_fill(logits < threshold, float("-inf"))
+""",
+                "k + 1 were kept",
+            ),
+            "fills-zero": (
+                """
+def top_k_filter(logits, k):
+    index = torch.topk(logits, k, dim=-1).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+    return logits.masked_fill(~keep, 0.0)
+""",
+                "not -inf",
+            ),
+            "topk-k-minus-1": (
+                """
+def top_k_filter(logits, k):
+    index = torch.topk(logits, k - 1, dim=-1).indices  # (B, k - 1)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "too few tokens were kept",
+            ),
+        },
+        "top_p_filter": {
+            "drops-crossing": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    keep_sorted = cumulative < p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "the token that takes the cumulative probability past p was dropped",
+            ),
+            "ascending": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "sort in descending order",
+            ),
+            "mask-not-put-back": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    return logits.masked_fill(~keep_sorted, float("-inf"))
+""",
+                "put it back first",
+            ),
+            "gather-not-scatter": (
+                """
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < p
+    keep = keep_sorted.gather(-1, order)  # back to the vocabulary's order?
+    return logits.masked_fill(~keep, float("-inf"))
+""",
+                "which applies the inverse permutation",
+            ),
+        },
+        "apply_repetition_penalty": {
+            "divides-all": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, previous, True)
+    return torch.where(seen, logits / penalty, logits)
+""",
+                "dividing a negative logit moves it *up*",
+            ),
+            "per-occurrence": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    for b in range(previous.shape[0]):
+        for token in previous[b]:
+            value = out[b, token]
+            out[b, token] = value / penalty if value > 0 else value * penalty
+    return out
+""",
+                "penalised once per occurrence",
+            ),
+            "history-of-all-rows": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    seen = previous.flatten().unique()
+    column = out[:, seen]
+    out[:, seen] = torch.where(column > 0, column / penalty, column * penalty)
+    return out
+""",
+                "tokens seen in another row",
+            ),
+            "membership-in-text": (
+                """
+def apply_repetition_penalty(logits, previous, penalty):
+    out = logits.clone()
+    B, V = logits.shape
+    for b in range(B):
+        history = str(previous[b].tolist())
+        for v in range(V):
+            if str(v) in history:
+                x = out[b, v]
+                out[b, v] = x / penalty if x > 0 else x * penalty
+    return out
+""",
+                None,
+            ),
+        },
+        "beam_search_step": {
+            "best-child-per-beam": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = scores.reshape(B, k, 1) + log_probs.reshape(B, k, V)
+    best, tokens = total.max(dim=-1)  # (B, k): each beam's best extension
+    new_scores, beams = best.sort(dim=-1, descending=True)
+    return new_scores, beams, tokens.gather(1, beams)
+""",
+                "each beam kept exactly one child",
+            ),
+            "beam-token-swapped": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index % V, index // V
+""",
+                "the parent beam and the token are swapped",
+            ),
+            "adds-probabilities": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs.exp()).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index // V, index % V
+""",
+                "probabilities were added to the scores",
+            ),
+            "scores-tiled": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = scores.repeat(1, V) + log_probs.reshape(B, k * V)  # right for k = 1
+    new_scores, index = total.topk(k, dim=-1)
+    return new_scores, index // V, index % V
+""",
+                "scores.repeat(1, V) tiles",
+            ),
+            "topk-unsorted": (
+                """
+def beam_search_step(scores, log_probs):
+    B, k = scores.shape
+    V = log_probs.shape[-1]
+    total = (scores.reshape(B * k, 1) + log_probs).reshape(B, k * V)
+    new_scores, index = total.topk(k, dim=-1, sorted=False)  # the k best, in no set order
+    return new_scores, index // V, index % V
+""",
+                "in the wrong order",
+            ),
+        },
+    },
+    PP: {
+        "bert_layer_to_tutorlib": {
+            "layernorms-swapped": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["output.LayerNorm.weight"],
+        "norm1.bias": bert["output.LayerNorm.bias"],
+        "norm2.weight": bert["attention.output.LayerNorm.weight"],
+        "norm2.bias": bert["attention.output.LayerNorm.bias"],
+    }
+""",
+                "the two LayerNorms are swapped",
+            ),
+            "qkv-order": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.key", "attention.self.query", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "nn.MultiheadAttention's in_proj holds [query; key; value]",
+            ),
+            "qkv-transposed": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        # (in, out) -> (out, in), as for GPT-2? each block is square, so the shapes fit
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"].T for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"],
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "BERT's nn.Linear and tutorlib's both store (out, in)",
+            ),
+            "out-proj-transposed": (
+                """
+def bert_layer_to_tutorlib(bert):
+    qkv = ["attention.self.query", "attention.self.key", "attention.self.value"]
+    return {
+        "self_attn.in_proj_weight": torch.cat([bert[f"{p}.weight"] for p in qkv]),
+        "self_attn.in_proj_bias": torch.cat([bert[f"{p}.bias"] for p in qkv]),
+        "self_attn.out_proj.weight": bert["attention.output.dense.weight"].T,  # square: fits
+        "self_attn.out_proj.bias": bert["attention.output.dense.bias"],
+        "ff.linear1.weight": bert["intermediate.dense.weight"],
+        "ff.linear1.bias": bert["intermediate.dense.bias"],
+        "ff.linear2.weight": bert["output.dense.weight"],
+        "ff.linear2.bias": bert["output.dense.bias"],
+        "norm1.weight": bert["attention.output.LayerNorm.weight"],
+        "norm1.bias": bert["attention.output.LayerNorm.bias"],
+        "norm2.weight": bert["output.LayerNorm.weight"],
+        "norm2.bias": bert["output.LayerNorm.bias"],
+    }
+""",
+                "copy it as it is",
+            ),
+        },
+        "gpt2_attention_to_tutorlib": {
+            "not-transposed": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"],
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"],
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "Conv1D stores its weight (in, out)",
+            ),
+            "reshaped": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    C = gpt2["c_proj.weight"].shape[0]
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"].reshape(3 * C, C),
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"].T,
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "a reshape keeps the numbers in memory order",
+            ),
+            "c-proj-not-transposed": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    return {
+        "in_proj_weight": gpt2["c_attn.weight"].T,
+        "in_proj_bias": gpt2["c_attn.bias"],
+        "out_proj.weight": gpt2["c_proj.weight"],  # square, so it fits
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                "it is a Conv1D weight too",
+            ),
+            "qkv-interleaved": (
+                """
+def gpt2_attention_to_tutorlib(gpt2):
+    w, b = gpt2["c_attn.weight"], gpt2["c_attn.bias"]  # (C, 3C), (3C,)
+    C = w.shape[0]
+    # read the 3C outputs as (C, 3): q, k and v interleaved
+    in_proj_weight = w.reshape(C, C, 3).permute(2, 1, 0).reshape(3 * C, C)
+    in_proj_bias = b.reshape(C, 3).T.reshape(3 * C)
+    return {
+        "in_proj_weight": in_proj_weight,
+        "in_proj_bias": in_proj_bias,
+        "out_proj.weight": gpt2["c_proj.weight"].T,
+        "out_proj.bias": gpt2["c_proj.bias"],
+    }
+""",
+                None,
+            ),
+        },
+        "images_to_sequences": {
+            "floor": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.floor(images * (levels - 1)).long()
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels.flatten(1)], dim=1)
+""",
+                "the grey values were rounded down",
+            ),
+            "scaled-by-levels": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.round(images * levels).long()
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels.flatten(1)], dim=1)
+""",
+                "the grey values were scaled by levels",
+            ),
+            "label-as-class-token": (
+                """
+def images_to_sequences(images, labels, levels):
+    pixels = torch.round(images * (levels - 1)).long()
+    return torch.cat([labels[:, None], pixels.flatten(1)], dim=1)
+""",
+                "the class token is the label itself",
+            ),
+            "squeeze-all": (
+                """
+def images_to_sequences(images, labels, levels):
+    grey = images.squeeze()  # (B, H, W), but (H, W) when B = 1
+    pixels = torch.round(grey * (levels - 1)).long().flatten(1)
+    classes = (levels + labels)[:, None]
+    return torch.cat([classes, pixels], dim=1)
+""",
+                None,
+            ),
+        },
+        "distinct_n": {
+            "per-sequence-mean": (
+                """
+def distinct_n(sequences, n):
+    ratios = []
+    for s in sequences:
+        grams = [tuple(s[i : i + n]) for i in range(len(s) - n + 1)]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return sum(ratios) / len(ratios)
+""",
+                "the ratio was computed per sequence and averaged",
+            ),
+            "tokens-not-ngrams": (
+                """
+def distinct_n(sequences, n):
+    tokens = [t for s in sequences for t in s]
+    return len(set(tokens)) / len(tokens)
+""",
+                "tokens were counted, not n-grams",
+            ),
+            "over-all-tokens": (
+                """
+def distinct_n(sequences, n):
+    grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
+    return len(set(grams)) / sum(len(s) for s in sequences)
+""",
+                "divided by the number of tokens",
+            ),
+            "joined-keys": (
+                """
+def distinct_n(sequences, n):
+    keys = []
+    for s in sequences:
+        for i in range(len(s) - n + 1):
+            keys.append("".join(str(t) for t in s[i : i + n]))
+    return len(set(keys)) / len(keys)
+""",
+                "joined into one string with no separator",
+            ),
+        },
+    },
+}
