@@ -213,6 +213,20 @@ def test_expect_close_names_the_nearest_mistake_and_says_where_values_differ() -
         expect_close("1.0", 1.0, what="a number")
 
 
+def test_a_mistake_that_cannot_be_computed_on_the_inputs_is_not_a_candidate() -> None:
+    x, w = torch.ones(2, 3), torch.ones(4, 3)
+
+    def not_transposed():
+        return x @ w  # (2, 3) @ (4, 3): no value for these inputs
+
+    with pytest.raises(ExerciseError, match="Likely mistake: doubled"):
+        expect_close(
+            2 * x @ w.T, x @ w.T, what="f", mistakes={"no": not_transposed, "doubled": 2 * x @ w.T}
+        )
+    with pytest.raises(ExerciseError, match="is not right"):
+        expect_equal(3, 4, what="n", mistakes={"no": lambda: [][0]})
+
+
 def test_expect_close_says_when_a_float64_answer_went_through_float32() -> None:
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     target = torch.softmax(x, dim=-1)

@@ -33,8 +33,18 @@ _isclose, _equal, _isfinite, _is_tensor = (
 )
 
 
+_NO_VALUE = object()
+
+
 def _value(mistake: Any) -> Any:
-    return mistake() if callable(mistake) and not _is_tensor(mistake) else mistake
+    """A mistake's value on the check's inputs, or _NO_VALUE where it has none there (`x @ w1`
+    cannot be computed for a w1 that is not square: that mistake cannot have been made)."""
+    if not callable(mistake) or _is_tensor(mistake):
+        return mistake
+    try:
+        return mistake()
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError):
+        return _NO_VALUE
 
 
 def _close(
@@ -77,6 +87,8 @@ def first_mistake(actual: Tensor, mistakes: Mistakes | None, expected: Tensor, a
     best, best_distance = [], float("inf")
     for hint, mistake in (mistakes or {}).items():
         wrong = _value(mistake)
+        if wrong is _NO_VALUE:
+            continue
         wrong = wrong.detach() if _is_tensor(wrong) else torch.tensor(wrong, dtype=torch.float64)
         wrong = wrong.cpu().to(actual.dtype) if wrong.is_floating_point() else wrong.cpu()
         if wrong.shape != actual.shape or _close(wrong.to(expected.dtype), expected, 0, 0):
@@ -234,6 +246,8 @@ def expect_equal(
     hints = []
     for hint, mistake in (mistakes or {}).items():
         wrong = _value(mistake)
+        if wrong is _NO_VALUE:
+            continue
         if wrong != expected and type(actual) is type(wrong) and actual == wrong:
             hints.append(hint)
     hint = _named(hints)  # several when these inputs cannot tell the mistakes apart

@@ -378,14 +378,8 @@ def _check_ff_case(
             "the 2017 paper's FFN uses ReLU, not GELU.": (
                 lambda: _linear(_gelu(_linear(xd, w1, b1)), w2, b2)
             ),
-            **(
-                {
-                    "nn.Linear stores its weight as (out_features, in_features): compute "
-                    "x @ w1.T, not x @ w1.": lambda: _relu(xd @ w1 + b1) @ w2 + b2
-                }
-                if w1.shape[0] == w1.shape[1]  # x @ w1 runs only when d_ff == C
-                else {}
-            ),
+            "nn.Linear stores its weight as (out_features, in_features): compute x @ w1.T, "
+            "not x @ w1.": lambda: _relu(xd @ w1 + b1) @ w2 + b2,  # (when d_ff == C)
             "the biases b1 and b2 are missing.": lambda: _relu(xd @ w1.T) @ w2.T,
             "the ReLU comes after adding b1: relu(x @ w1.T + b1), not relu(x @ w1.T) + b1.": (
                 lambda: (_relu(xd @ w1.T) + b1) @ w2.T + b2
