@@ -217,6 +217,19 @@ def test_a_passing_check_fails_when_the_machinery_was_patched(monkeypatch, name:
     assert tampered() == []
 
 
+def test_a_method_under_a_new_name_is_not_tampering_and_an_override_is(monkeypatch) -> None:
+    from torch import nn
+
+    from tutorlib.checks import foundations, tampered
+
+    # Hugging Face's transformers sets nn.Module.smart_apply when it is imported
+    monkeypatch.setattr(nn.Module, "smart_apply", lambda self, fn: self, raising=False)
+    assert tampered() == []
+    foundations.check_layer_norm(_layer_norm)
+    monkeypatch.setattr(nn.Linear, "__call__", lambda self, x: x, raising=False)
+    assert "torch.nn.modules.linear.Linear.__call__" in tampered()
+
+
 def test_a_global_module_hook_counts_as_tampering() -> None:
     from torch import nn
 

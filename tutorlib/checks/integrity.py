@@ -76,12 +76,14 @@ def _same(now: Any, saved: Any) -> bool:
     return getattr(now, "__code__", None) is _DYNAMO_WRAPPER and now.__wrapped__ is saved
 
 
-# owner (a module or a class) -> its callables when the checks were imported
-_SNAPSHOT: dict[int, tuple[Any, dict[str, Any]]] = {}
+# owner (a module or a class) -> its callables when the checks were imported, and (for a
+# class) every name it had then, its bases' included
+_SNAPSHOT: dict[int, tuple[Any, dict[str, Any], frozenset[str]]] = {}
 
 
 def _watch(owner: Any) -> None:
-    _SNAPSHOT.setdefault(id(owner), (owner, _callables(owner)))
+    names = frozenset(dir(owner)) if isinstance(owner, type) else frozenset()
+    _SNAPSHOT.setdefault(id(owner), (owner, _callables(owner), names))
 
 
 def _importing(module: types.ModuleType) -> bool:
@@ -131,16 +133,18 @@ def watch_module(name: str) -> None:
 
 
 def tampered() -> list[str]:
-    """What differs from the snapshot: replaced or deleted callables, methods added over a
-    class's own (a patched Tensor method), global hooks."""
+    """What differs from the snapshot: replaced or deleted callables, methods set on a class
+    over the ones it inherited (a patched Tensor.__eq__), global hooks. A method under a new
+    name changes nothing the checks call (Hugging Face's transformers adds
+    nn.Module.smart_apply when it is imported)."""
     changed = []
-    for owner, saved in _SNAPSHOT.values():
+    for owner, saved, names in _SNAPSHOT.values():
         now = vars(owner)
         changed += [
             f"{_name(owner)}.{k}" for k, v in saved.items() if not _same(now.get(k, _MISSING), v)
         ]
         if isinstance(owner, type):
-            added = [k for k, v in now.items() if k not in saved and callable(v)]
+            added = [k for k, v in now.items() if k not in saved and k in names and callable(v)]
             changed += [f"{_name(owner)}.{k}" for k in added]
     hooks = _global_hooks()
     changed += [f"torch.nn.modules.module.{k}" for k, n in hooks.items() if n != _HOOKS.get(k)]
