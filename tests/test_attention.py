@@ -283,3 +283,85 @@ def test_fast_path_is_within_10_percent_of_torch() -> None:
     for _ in range(3):  # interleave the two to share any slow period
         ratios.append(best(scaled_dot_product_attention) / best(torch_sdpa))
     assert min(ratios) < 1.1, f"tutorlib / torch time ratios: {ratios}"
+
+
+# --- Grouped-query attention, the shifted causal mask and the KV cache -----------------------
+
+import torch.nn.functional as F  # noqa: E402
+
+from tutorlib.attention import KVCache, grouped_query_attention  # noqa: E402
+
+
+def _gqa_inputs(H: int = 6, H_kv: int = 2, T: int = 5, S: int = 7):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, H, T, 4, generator=g, dtype=torch.float64)
+    k = torch.randn(2, H_kv, S, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(2, H_kv, S, 3, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool (T, S)", "bool (B, H, T, S)"])
+def test_grouped_query_attention_equals_torch(need_weights, mask_kind) -> None:
+    q, k, v = _gqa_inputs()
+    T, S = q.shape[2], k.shape[2]
+    g = torch.Generator().manual_seed(1)
+    mask = {
+        "none": None,
+        "causal": None,
+        "bool (T, S)": torch.rand(T, S, generator=g) > 0.4,
+        "bool (B, H, T, S)": torch.rand(2, 6, T, S, generator=g) > 0.4,
+    }[mask_kind]
+    causal = mask_kind == "causal"
+    result = grouped_query_attention(q, k, v, mask, is_causal=causal, need_weights=need_weights)
+    out = result[0] if need_weights else result
+    expected = F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal, enable_gqa=True)
+    expected = torch.nan_to_num(expected)  # a fully masked row: torch NaN, tutorlib zeros
+    torch.testing.assert_close(out, expected)
+    # Query head h reads key-value head h // (H / H_kv): the keys repeated with repeat_interleave.
+    repeated = scaled_dot_product_attention(
+        q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), mask, is_causal=causal
+    )
+    torch.testing.assert_close(out, repeated)
+    wrong = scaled_dot_product_attention(q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1), mask)
+    assert (out - wrong).abs().max() > 1e-3  # `repeat` pairs the heads with the wrong groups
+    if need_weights:
+        assert result[1].shape == (2, 6, T, S)
+        torch.testing.assert_close(result[1].sum(-1)[result[1].sum(-1) > 0], torch.ones_like(
+            result[1].sum(-1)[result[1].sum(-1) > 0]))  # fmt: skip
+
+
+def test_grouped_query_attention_errors() -> None:
+    q, k, v = _gqa_inputs()
+    with pytest.raises(ValueError, match="divides 6"):
+        grouped_query_attention(q, k[:, :1].expand(2, 4, -1, -1), v[:, :1].expand(2, 4, -1, -1))
+    with pytest.raises(ValueError, match=r"expected \(batch, heads, seq, dim\)"):
+        grouped_query_attention(q[0], k, v)
+
+
+def test_causal_mask_with_a_past_is_bottom_right_aligned() -> None:
+    mask = causal_mask(2, past=3)
+    assert mask.shape == (2, 5)
+    assert mask.tolist() == [[True] * 4 + [False], [True] * 5]
+    assert torch.equal(causal_mask(6)[4:], causal_mask(2, past=4))
+    with pytest.raises(ValueError, match="past"):
+        causal_mask(2, past=-1)
+
+
+@pytest.mark.parametrize("n_kv_heads", [3, 1])
+def test_multi_head_attention_with_a_cache_equals_the_full_pass(n_kv_heads) -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(12, 3, bias=False, n_kv_heads=n_kv_heads).double().eval()
+    assert mha.in_proj_weight.shape == (12 + 2 * 4 * n_kv_heads, 12)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    full, _ = mha(x, x, x, is_causal=True)
+    cache = KVCache()
+    pieces = [mha(x[:, :4], x[:, :4], x[:, :4], is_causal=True, cache=cache)[0]]
+    for t in range(4, 7):
+        step = x[:, t : t + 1]
+        pieces.append(mha(step, step, step, is_causal=True, cache=cache)[0])
+    torch.testing.assert_close(torch.cat(pieces, 1), full)
+    assert cache.keys[0].shape == (2, n_kv_heads, 7, 4) and cache.length == 7
+    assert repr(cache) == "KVCache(layers=1, length=7)"
+    with pytest.raises(ValueError, match="layer 2 updated before layer 1"):
+        cache.update(2, cache.keys[0], cache.values[0])

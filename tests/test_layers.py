@@ -11,8 +11,12 @@ from tutorlib.layers import (
     EncoderLayer,
     FeedForward,
     LayerNorm,
+    RMSNorm,
+    SwiGLU,
     gelu_tanh,
     layer_norm,
+    rms_norm,
+    swiglu,
     torch_state_dict,
 )
 
@@ -41,6 +45,58 @@ def test_layer_norm_module_equals_nn_layernorm() -> None:
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(3, 4, 6)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_layer_norm_module_without_bias_and_in_double() -> None:
+    ours = LayerNorm(6, bias=False).double()
+    assert ours.bias is None
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), layer_norm(x, (6,), ours.weight))
+
+
+@pytest.mark.parametrize("eps", [None, 1e-6])
+def test_rms_norm_equals_torch(eps) -> None:
+    x = torch.randn(3, 5, 8, dtype=torch.float64) * 3 + 1
+    w = torch.randn(8, dtype=torch.float64)
+    torch.testing.assert_close(rms_norm(x, (8,), w, eps), F.rms_norm(x, (8,), w, eps))
+    torch.testing.assert_close(rms_norm(x, (5, 8), None, eps), F.rms_norm(x, (5, 8), None, eps))
+    ours, theirs = RMSNorm(8, eps=1e-6).double(), nn.RMSNorm(8, eps=1e-6).double()
+    with torch.no_grad():
+        ours.weight.normal_()
+    theirs.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x), rms_norm(x, (8,), ours.weight, 1e-6))
+    # Not layer norm: the mean is not subtracted.
+    assert (rms_norm(x, (8,)) - layer_norm(x, (8,))).abs().max() > 0.1
+    with pytest.raises(ValueError, match="normalized_shape"):
+        rms_norm(x, (7,))
+
+
+def test_swiglu_is_a_gated_unit() -> None:
+    ff = SwiGLU(8, 12).double()
+    assert ff.gate_proj.bias is None
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    gate, up = x @ ff.gate_proj.weight.T, x @ ff.up_proj.weight.T  # (B, T, 12)
+    expected = (gate * torch.sigmoid(gate) * up) @ ff.down_proj.weight.T
+    torch.testing.assert_close(ff(x), expected)
+    weights = (ff.gate_proj.weight, ff.up_proj.weight, ff.down_proj.weight)
+    torch.testing.assert_close(swiglu(x, *weights), expected)
+    # The gate matters: swapping gate and up changes the output.
+    assert (swiglu(x, weights[1], weights[0], weights[2]) - expected).abs().max() > 1e-3
+
+
+def test_modern_layer_options() -> None:
+    layer = EncoderLayer(16, 4, 24, norm_first=True, norm="rms", feed_forward="swiglu",
+                         n_kv_heads=1, bias=False)  # fmt: skip
+    assert isinstance(layer.norm1, RMSNorm) and isinstance(layer.ff, SwiGLU)
+    assert all(p.dim() > 1 or name.endswith("weight") for name, p in layer.named_parameters())
+    x = torch.randn(2, 5, 16)
+    out = layer(x, is_causal=True)
+    torch.testing.assert_close(out, layer(x, mask=causal_mask(5)))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        EncoderLayer(16, 4, 24, norm="batch")
+    with pytest.raises(ValueError, match="feed_forward"):
+        EncoderLayer(16, 4, 24, feed_forward="geglu")
 
 
 def test_layer_norm_rejects_wrong_shape() -> None:
@@ -140,8 +196,8 @@ def test_encoder_layer_errors_say_what_was_expected() -> None:
         layer(torch.randn(2, 4, 7))
     with pytest.raises(TypeError, match="floating point"):
         layer(torch.ones(2, 4, 8, dtype=torch.long))
-    with pytest.raises(TypeError, match="True = may attend"):
-        layer(torch.randn(2, 4, 8), mask=torch.ones(4, 4))
+    with pytest.raises(TypeError, match="True = may attend"):  # bool, or an additive float mask
+        layer(torch.randn(2, 4, 8), mask=torch.ones(4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="padding_mask"):
         layer(torch.randn(2, 4, 8), padding_mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="batch sizes differ"):

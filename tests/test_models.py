@@ -2,7 +2,16 @@ import pytest
 import torch
 
 from tutorlib.data import sorting_batch
-from tutorlib.models import SMALL, TINY, Decoder, Encoder, TransformerConfig
+from tutorlib.layers import RMSNorm, SwiGLU
+from tutorlib.models import (
+    LLAMA_STYLE,
+    SMALL,
+    TINY,
+    Decoder,
+    DecoderOnly,
+    Encoder,
+    TransformerConfig,
+)
 from tutorlib.training import fit
 
 
@@ -16,15 +25,44 @@ def test_named_configs_have_pinned_parameter_counts() -> None:
     )  # 32x32 embedding + one layer: 4C²+4C + 2C·d_ff+d_ff+C + 4C
     assert _count(Encoder(SMALL)) == 797_184
     assert _count(Decoder(SMALL)) == 1_062_400
+    # Llama-style at SMALL's width: V C + L (2 C^2 + 2 C (C / 2) + 3 C d_ff + 2 C) + C, no biases;
+    # grouped-query attention halves W^K and W^V, SwiGLU's three matrices of width 344 about
+    # match the MLP's two of width 512.
+    C, L, F = 128, 4, 344
+    assert _count(Encoder(LLAMA_STYLE)) == 32 * C + L * (3 * C * C + 3 * C * F + 2 * C) + C
+    assert _count(Encoder(LLAMA_STYLE)) == 730_240
+
+
+def test_llama_style_is_what_it_says() -> None:
+    model = DecoderOnly(LLAMA_STYLE)
+    layer = model.decoder.layers[0]
+    assert isinstance(layer.norm1, RMSNorm) and isinstance(layer.ff, SwiGLU)
+    assert layer.norm_first and model.decoder.embed.positions is None  # rotary: nothing added
+    assert layer.self_attn.in_proj_weight.shape == (128 + 2 * 64, 128)  # 4 query, 2 kv heads
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
 
 
 def test_config_checks() -> None:
     with pytest.raises(ValueError, match="divide by n_heads"):
         TransformerConfig(d_model=10, n_heads=3)
     with pytest.raises(ValueError, match="positional"):
-        TransformerConfig(positional="rotary")
+        TransformerConfig(positional="alibi")
     with pytest.raises(ValueError, match="dropout"):
         TransformerConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        TransformerConfig(n_heads=4, n_kv_heads=3)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        TransformerConfig(norm="batch")
+    with pytest.raises(ValueError, match="feed_forward"):
+        TransformerConfig(feed_forward="geglu")
+    with pytest.raises(ValueError, match="activation"):
+        TransformerConfig(activation="swish")
+    with pytest.raises(ValueError, match="must be even"):
+        TransformerConfig(d_model=12, n_heads=4, positional="rotary")
+    with pytest.raises(ValueError, match="rope_base"):
+        TransformerConfig(rope_base=0.0)
+    with pytest.raises(ValueError, match="cross-attending Decoder"):
+        Decoder(TransformerConfig(positional="rotary"))
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -149,16 +149,16 @@ def test_saved_activation_bytes_grow_linearly_with_the_batch() -> None:
 def test_checkpointing_saves_less_and_gives_the_same_gradients() -> None:
     from torch.utils.checkpoint import checkpoint
 
-    from tutorlib.attention import causal_mask
-
     model = _small_decoder().double()
     tokens = torch.randint(0, 40, (4, 16))
 
     def forward(tokens: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         x = model.decoder.embed(tokens)
-        mask = causal_mask(tokens.shape[1])
         for layer in model.decoder.layers:
-            x = checkpoint(layer, x, mask, use_reentrant=False) if checkpointed else layer(x, mask)
+            if checkpointed:
+                x = checkpoint(layer, x, is_causal=True, use_reentrant=False)
+            else:
+                x = layer(x, is_causal=True)
         return model.output(model.decoder.final_norm(x))
 
     torch.testing.assert_close(forward(tokens, True), model(tokens), rtol=0, atol=0)

@@ -1,5 +1,9 @@
 """Attention: masks, scaled dot-product attention, multi-head attention, linear attention.
 
+Multi-head attention here is the one every tutorlib model runs: with separate key-value heads
+(grouped-query attention), rotary positions and a key-value cache (`KVCache`) as options, so that
+training, evaluation and cached generation run the same code.
+
 One mask convention everywhere in tutorlib: a boolean mask, True = may attend (as the
 `attn_mask` of `torch.nn.functional.scaled_dot_product_attention`); padding masks are True for
 real tokens. A query row with nothing to attend to gets zero weights and a zero output, never
@@ -16,10 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tutorlib.embeddings import apply_rotary
+
 __all__ = [
+    "KVCache",
     "MultiHeadAttention",
     "causal_mask",
     "elu_feature_map",
+    "grouped_query_attention",
     "linear_attention",
     "padding_mask",
     "scaled_dot_product_attention",
@@ -36,16 +44,24 @@ def _check_length(T: int, name: str = "T") -> None:
         raise ValueError(f"{name} must be a positive int, got {T!r}")
 
 
-def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
+def causal_mask(T: int, device: torch.device | str | None = None, *, past: int = 0) -> Tensor:
     """The look-ahead mask of a decoder: position t may attend to positions 0..t.
 
-    Shapes:
-        returns (T, T) bool, True on and below the diagonal.
+    With `past` > 0 the T queries are the newest positions past, ..., past + T - 1 of a
+    sequence whose first `past` keys are cached: query i may attend to keys 0..past + i (the
+    diagonal is shifted right by `past`, aligned to the bottom right). `is_causal=True` in
+    `F.scaled_dot_product_attention` aligns it to the top left instead, which is wrong with a
+    cache.
 
-    Book: 1.4 Encoders and decoders.
+    Shapes:
+        returns (T, past + T) bool, True on and below the (shifted) diagonal.
+
+    Book: 1.4 Encoders and decoders; 4.5 The KV cache.
     """
     _check_length(T)
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
+    if not isinstance(past, int) or isinstance(past, bool) or past < 0:
+        raise ValueError(f"past must be an int >= 0, got {past!r}")
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 def padding_mask(lengths: Tensor, T: int) -> Tensor:
@@ -202,6 +218,11 @@ def scaled_dot_product_attention(
     _check_qkv(query, key, value)
     if attn_mask is not None:
         _check_mask(attn_mask, query, key)
+    if is_causal and attn_mask is None and not need_weights:
+        # Every row keeps at least key 0: the fused kernel's own causal mask, no NaN to clear.
+        return F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout_p, is_causal=True, scale=scale
+        )  # (..., T, Dv)
     if is_causal:
         T, S = query.shape[-2], key.shape[-2]
         causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()  # (T, S), as torch
@@ -222,6 +243,132 @@ def scaled_dot_product_attention(
     return out
 
 
+def grouped_query_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    need_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention with fewer key-value heads than query heads (grouped-query attention,
+    Ainslie et al. 2023; multi-query attention, Shazeer 2019, is one key-value head).
+
+    The H query heads fall into G = H / H_kv consecutive groups of equal size: query heads
+    g * (H / H_kv) ... (g + 1) * (H / H_kv) - 1 share key-value head g. The keys are shared,
+    not copied: the group axis is split off the queries and broadcast against one key head.
+    With H_kv = H it is `scaled_dot_product_attention`. Same result as
+    `F.scaled_dot_product_attention(..., enable_gqa=True)`, which it calls unless the weights
+    are asked for. Masks as in `scaled_dot_product_attention` (bool True = may attend, or
+    float), broadcastable to (B, H, T, S).
+
+    Shapes:
+        query (B, H, T, D), key (B, H_kv, S, D), value (B, H_kv, S, Dv), H divisible by H_kv
+        ->  output (B, H, T, Dv) [, weights (B, H, T, S)]
+
+    Book: 6.7 The modern decoder (grouped-query attention).
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected (batch, heads, seq, dim), got {shape}")
+    B, H, T, D = query.shape
+    H_kv = key.shape[1]
+    if value.shape[1] != H_kv or H % H_kv or key.shape[0] != B or value.shape[0] != B:
+        raise ValueError(
+            f"query {tuple(query.shape)} needs key and value with the same batch and a number "
+            f"of heads that divides {H}; got key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+    if H_kv == H:
+        return scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, is_causal, scale, need_weights=need_weights
+        )
+    shared_key = key[:, :1].expand(B, H, -1, -1)  # (B, H, S, D): a view, for the checks only
+    _check_qkv(query, shared_key, value[:, :1].expand(B, H, -1, -1))
+    if attn_mask is not None:
+        _check_mask(attn_mask, query, shared_key)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if is_causal and attn_mask is None and not need_weights:
+        return F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=True
+        )  # (B, H, T, Dv)
+    if is_causal:
+        causal = torch.ones(T, key.shape[2], dtype=torch.bool, device=query.device).tril()
+        if attn_mask is None or attn_mask.dtype == torch.bool:
+            attn_mask = causal if attn_mask is None else attn_mask & causal  # (T, S), as torch
+        else:
+            attn_mask = attn_mask.masked_fill(~causal, float("-inf"))
+    if not need_weights:
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, scale=scale, enable_gqa=True
+        )  # (B, H, T, Dv)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            out = out.masked_fill(~attn_mask.any(dim=-1, keepdim=True), 0.0)  # no NaN rows
+        return out
+    if attn_mask is not None:
+        attn_mask = attn_mask.expand(B, H, T, key.shape[2]).unflatten(1, (H_kv, -1))
+        # (B, H_kv, G, T, S)
+    q = query.unflatten(1, (H_kv, H // H_kv))  # (B, H_kv, G, T, D)
+    k, v = key.unsqueeze(2), value.unsqueeze(2)  # (B, H_kv, 1, S, D): one head serves the group
+    out, weights = _attention_written_out(q, k, v, attn_mask, dropout_p, scale)
+    return out.flatten(1, 2), weights.flatten(1, 2)  # (B, H, T, Dv), (B, H, T, S)
+
+
+# --- The key-value cache ----------------------------------------------------------------------
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far, passed down the stack.
+
+    A decoder's keys and values at positions 0..t-1 do not change when token t arrives (the
+    causal mask hides the future from them), so each layer's attention appends the new ones
+    (`update`) and attends over all of them. Keys are cached after the rotary embedding, so
+    they never need rotating again. Like Hugging Face's `past_key_values`, the cache is an
+    argument of the model's forward: cached generation runs the same layer code as training.
+
+    Shapes:
+        keys[l], values[l] (B, H_kv, t, D) for layer l, t = `length`
+
+    Book: 4.5 The KV cache.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+
+    @property
+    def length(self) -> int:
+        """Number of positions cached (0 before the first step)."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def past_length(self, layer: int) -> int:
+        """Positions cached for `layer` so far (layer 0 is ahead of the others mid-step)."""
+        return self.keys[layer].shape[2] if layer < len(self.keys) else 0
+
+    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' keys and values of `layer` on the time axis (dim 2);
+        return everything cached for that layer.
+
+        Shapes:
+            keys, values (B, H_kv, t, D)  ->  (B, H_kv, p + t, D) each
+        """
+        if layer == len(self.keys):
+            self.keys.append(keys)
+            self.values.append(values)
+        elif layer < len(self.keys):
+            self.keys[layer] = torch.cat([self.keys[layer], keys], dim=2)  # (B, H_kv, p + t, D)
+            self.values[layer] = torch.cat([self.values[layer], values], dim=2)
+        else:
+            raise ValueError(f"layer {layer} updated before layer {len(self.keys)}")
+        return self.keys[layer], self.values[layer]
+
+    def __repr__(self) -> str:
+        return f"KVCache(layers={len(self.keys)}, length={self.length})"
+
+
 # --- Multi-head attention ---------------------------------------------------------------------
 
 
@@ -236,21 +383,46 @@ class MultiHeadAttention(nn.Module):
     negation), `attn_mask` is True where a query may attend. Weights are returned only when
     asked for; without them the fused kernel runs.
 
+    The options of modern decoders (6.7):
+    - `n_kv_heads` < `n_heads`: grouped-query attention (`grouped_query_attention`); the
+      stacked `in_proj_weight` is then [W^Q; W^K; W^V] with (H + 2 H_kv) D rows.
+    - `bias=False`: no biases in the projections (Llama, PaLM).
+    - `rotary=(cos, sin)` in the forward: rotary position embeddings on the queries and keys
+      of every head, for the positions the tables were made for (`rotary_angles`).
+    - `cache=KVCache()` in the forward (self-attention): the new keys and values are appended
+      to `cache`'s entry for `layer`, and the queries attend over everything cached; with
+      `is_causal` the causal mask is shifted by the cached length.
+
     Shapes:
-        query (B, T, C), key and value (B, S, C); padding_mask (B, S);
-        attn_mask (T, S), (B, T, S) or (B, H, T, S)
+        query (B, T, C), key and value (B, S, C); padding_mask (B, S) (S counts the cached
+        positions too); attn_mask (T, S), (B, T, S) or (B, H, T, S); rotary (T, D/2) each
         ->  output (B, T, C), weights (B, T, S) averaged over heads, (B, H, T, S), or None
 
-    Book: 2.4 Self-attention, cross-attention and multiple heads.
+    Book: 2.4 Self-attention, cross-attention and multiple heads; 6.7 The modern decoder.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        n_kv_heads: int | None = None,
+    ) -> None:
         super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must divide by n_heads={n_heads}")
-        self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))  # W^Q; W^K; W^V
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model)) if bias else None
+        if not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads!r} must be an int dividing n_heads={n_heads}")
+        self.d_model, self.n_heads, self.n_kv_heads, self.dropout = (
+            d_model, n_heads, n_kv_heads, dropout
+        )  # fmt: skip
+        self.head_dim = d_model // n_heads
+        kv_width = n_kv_heads * self.head_dim
+        self._split = (d_model, kv_width, kv_width)  # rows of W^Q, W^K, W^V in in_proj
+        self.in_proj_weight = nn.Parameter(torch.empty(d_model + 2 * kv_width, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(d_model + 2 * kv_width)) if bias else None
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
         nn.init.xavier_uniform_(self.in_proj_weight)
         if bias:
@@ -258,7 +430,7 @@ class MultiHeadAttention(nn.Module):
 
     def _split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
+        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H or H_kv, T, D)
 
     def _merge_heads(self, x: Tensor) -> Tensor:
         B, _, T, _ = x.shape
@@ -284,6 +456,17 @@ class MultiHeadAttention(nn.Module):
             return attn_mask.masked_fill(~padding_mask, float("-inf"))
         return attn_mask & padding_mask  # (B, H or 1, T, S)
 
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"{name}: expected (batch, seq, {self.d_model}), got {shape}")
+        if key.shape != value.shape or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must match, with the "
+                f"batch size of query {tuple(query.shape)}"
+            )
+
     def forward(
         self,
         query: Tensor,
@@ -294,26 +477,32 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
         average_attn_weights: bool = True,
+        *,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
-        for name, x in (("query", query), ("key", key), ("value", value)):
-            if x.dim() != 3 or x.shape[-1] != self.d_model:
-                raise ValueError(
-                    f"{name}: expected (batch, seq, {self.d_model}), got {tuple(x.shape)}"
-                )
-        if key.shape != value.shape or key.shape[0] != query.shape[0]:
-            raise ValueError(
-                f"key {tuple(key.shape)} and value {tuple(value.shape)} must match, with the "
-                f"batch size of query {tuple(query.shape)}"
-            )
-        B, S = key.shape[:2]
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)  # (C, C) each
-        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        self._check_inputs(query, key, value)
+        B, T = query.shape[:2]
+        w_q, w_k, w_v = self.in_proj_weight.split(self._split)  # (C, C), (H_kv D, C) x2
+        b_q, b_k, b_v = (
+            (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.split(self._split)
+        )
         q = self._split_heads(F.linear(query, w_q, b_q))  # (B, H, T, D)
-        k = self._split_heads(F.linear(key, w_k, b_k))  # (B, H, S, D)
-        v = self._split_heads(F.linear(value, w_v, b_v))  # (B, H, S, D)
+        k = self._split_heads(F.linear(key, w_k, b_k))  # (B, H_kv, S, D)
+        v = self._split_heads(F.linear(value, w_v, b_v))  # (B, H_kv, S, D)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)  # positions, not values
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H_kv, p + T, D)
+        S = k.shape[2]
+        if is_causal and (S != T or attn_mask is not None or padding_mask is not None):
+            causal = causal_mask(T, q.device, past=S - T)  # (T, S), bottom-right aligned
+            attn_mask = causal if attn_mask is None else _and(attn_mask, causal)
+            is_causal = False
         mask = self._mask(attn_mask, padding_mask, B, S)
         dropout_p = self.dropout if self.training else 0.0
-        result = scaled_dot_product_attention(
+        result = grouped_query_attention(
             q, k, v, mask, dropout_p, is_causal, need_weights=need_weights
         )
         out, weights = result if need_weights else (result, None)
@@ -321,6 +510,13 @@ class MultiHeadAttention(nn.Module):
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)  # (B, T, S)
         return out, weights
+
+
+def _and(mask: Tensor, allowed: Tensor) -> Tensor:
+    """A bool or additive float mask, restricted to where `allowed` (bool) is True."""
+    if mask.dtype == torch.bool:
+        return mask & allowed
+    return mask.masked_fill(~allowed, float("-inf"))
 
 
 # --- Linear attention -------------------------------------------------------------------------

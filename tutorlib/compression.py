@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tutorlib.attention import MultiHeadAttention
+
 __all__ = [
     "Int8Linear",
     "apply_masks",
@@ -139,12 +141,13 @@ class Int8Linear(nn.Module):
 def quantize_model(model: nn.Module, mode: str = "weight") -> nn.Module:
     """A copy of `model` with every `nn.Linear` replaced by an `Int8Linear`.
 
-    The projections inside `nn.MultiheadAttention` stay float32: its forward reads their
-    weights directly, and torch's own dynamic quantization leaves them alone for the same
-    reason. Embeddings and norms stay float32 too, and so does a linear layer whose weight is
-    tied to an embedding (the output projection of a model with `tie_weights=True`): a
-    quantized copy would untie it and store the matrix twice. The original model is not
-    changed.
+    The attention projections stay float32: the query, key and value maps are one stacked
+    parameter (`in_proj_weight`) that the attention multiplies with itself rather than an
+    `nn.Linear`, and the output projection is left with them, as torch's own dynamic
+    quantization leaves `nn.MultiheadAttention` whole. Embeddings and norms stay float32 too,
+    and so does a linear layer whose weight is tied to an embedding (the output projection of a
+    model with `tie_weights=True`): a quantized copy would untie it and store the matrix twice.
+    The original model is not changed.
 
     Book: Chapter 4, Scaling (quantization).
     """
@@ -154,7 +157,7 @@ def quantize_model(model: nn.Module, mode: str = "weight") -> nn.Module:
     shared = _shared_weights(model)
 
     def swap(module: nn.Module) -> None:
-        if isinstance(module, nn.MultiheadAttention):
+        if isinstance(module, (nn.MultiheadAttention, MultiHeadAttention)):
             return
         for name, child in module.named_children():
             if type(child) is nn.Linear and id(child.weight) not in shared:
@@ -188,17 +191,20 @@ def _shared_weights(model: nn.Module) -> set[int]:
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The weight matrices pruning acts on: `nn.Linear.weight` and the attention input
-    projection `nn.MultiheadAttention.in_proj_weight`. Embeddings, norms and biases are left
-    alone (they are few, and zeroing them costs more accuracy per parameter), and so is a
-    linear weight tied to an embedding (`tie_weights=True`): pruning it would prune the
-    embedding."""
+    """The weight matrices pruning acts on: `nn.Linear.weight` and the attention input projection
+    `in_proj_weight` of `MultiHeadAttention` (and `nn.MultiheadAttention`). Embeddings, norms
+    and biases are left alone (they are few, and zeroing them costs more accuracy per
+    parameter), and so is a linear weight tied to an embedding (`tie_weights=True`): pruning it
+    would prune the embedding."""
     shared = _shared_weights(model)
     found = []
     for module in model.modules():
         if isinstance(module, nn.Linear) and id(module.weight) not in shared:
             found.append((module, "weight"))
-        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        elif (
+            isinstance(module, (nn.MultiheadAttention, MultiHeadAttention))
+            and module.in_proj_weight is not None
+        ):
             found.append((module, "in_proj_weight"))
     return found
 

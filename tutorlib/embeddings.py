@@ -61,13 +61,18 @@ def _check_tokens(tokens: Tensor, vocab_size: int) -> None:
         )
 
 
-def _check_positions(x: Tensor, context_length: int, d_model: int) -> None:
+def _check_positions(x: Tensor, context_length: int, d_model: int, start: int = 0) -> None:
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"expected (batch, seq, {d_model}), got {tuple(x.shape)}")
-    if x.shape[1] > context_length:
-        raise ValueError(
-            f"sequence of {x.shape[1]} tokens is longer than context_length={context_length}"
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ValueError(f"start must be an int >= 0, got {start!r}")
+    if start + x.shape[1] > context_length:
+        where = (
+            f"positions {start}..{start + x.shape[1] - 1}"
+            if start
+            else (f"sequence of {x.shape[1]} tokens")
         )
+        raise ValueError(f"{where} longer than context_length={context_length}")
 
 
 class TokenEmbedding(nn.Module):
@@ -93,8 +98,10 @@ class TokenEmbedding(nn.Module):
 class SinusoidalPositionalEncoding(nn.Module):
     """Adds the fixed sinusoidal encoding to a sequence of embeddings (no parameters).
 
+    `start` numbers the positions of a segment that continues a cached prefix (4.5).
+
     Shapes:
-        x (B, T, C)  ->  (B, T, C), T <= context_length
+        x (B, T, C)  ->  (B, T, C), start + T <= context_length
 
     Book: 1.2 Tokens, embeddings and positions.
     """
@@ -107,16 +114,18 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.d_model = d_model
         self.register_buffer("pe", sinusoidal_encoding(context_length, d_model), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_positions(x, self.context_length, self.d_model)
-        return x + self.pe[: x.shape[1]].to(x.dtype)  # (B, T, C)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        _check_positions(x, self.context_length, self.d_model, start)
+        return x + self.pe[start : start + x.shape[1]].to(x.dtype)  # (B, T, C)
 
 
 class LearnedPositionalEmbedding(nn.Module):
     """Adds a learned vector per position (BERT, GPT-2); it cannot extrapolate past its table.
 
+    `start` numbers the positions of a segment that continues a cached prefix (4.5).
+
     Shapes:
-        x (B, T, C)  ->  (B, T, C), T <= context_length
+        x (B, T, C)  ->  (B, T, C), start + T <= context_length
 
     Book: 1.2 Tokens, embeddings and positions.
     """
@@ -127,9 +136,9 @@ class LearnedPositionalEmbedding(nn.Module):
         self.d_model = d_model
         self.weight = nn.Parameter(0.02 * torch.randn(context_length, d_model))
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_positions(x, self.context_length, self.d_model)
-        return x + self.weight[: x.shape[1]]  # (B, T, C)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        _check_positions(x, self.context_length, self.d_model, start)
+        return x + self.weight[start : start + x.shape[1]]  # (B, T, C)
 
 
 # --- Rotary position embeddings -----------------------------------------------------------------

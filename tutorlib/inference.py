@@ -5,19 +5,20 @@ appended (the causal mask hides the future from them), so they can be computed o
 the *KV cache*. Each step then runs the layers on the newest token only, and its query attends
 to the cached keys and values. `generate` writes the same tokens with or without the cache.
 
+The cache is an argument of the model's forward (`model(tokens, cache=cache)`), passed down the
+stack to every layer's attention (`tutorlib.attention.KVCache`): cached generation runs the same
+layer code as training, for every configuration (learned, sinusoidal or rotary positions,
+grouped-query attention ...).
+
 Book: Chapter 4, Scaling (the KV cache).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tutorlib.embeddings import SinusoidalPositionalEncoding
-from tutorlib.layers import EncoderLayer
+from tutorlib.attention import KVCache, MultiHeadAttention
 from tutorlib.models import DecoderOnly, TransformerConfig
 
 __all__ = [
@@ -28,25 +29,6 @@ __all__ = [
     "generate",
     "kv_cache_bytes",
 ]
-
-
-@dataclass
-class KVCache:
-    """The keys and values of every layer for the tokens seen so far.
-
-    Shapes:
-        keys[l], values[l] (B, H, t, D) for layer l, t = `length`
-
-    Book: Chapter 4, Scaling (the KV cache).
-    """
-
-    keys: list[Tensor] = field(default_factory=list)
-    values: list[Tensor] = field(default_factory=list)
-
-    @property
-    def length(self) -> int:
-        """Number of positions cached (0 before the first step)."""
-        return self.keys[0].shape[2] if self.keys else 0
 
 
 def kv_cache_bytes(
@@ -61,12 +43,13 @@ def kv_cache_bytes(
     2 * L * B * T * (n_kv_heads * D) * bytes_per_value with head width D = C / H; with every
     head keeping its own keys and values (the default, n_kv_heads = H) that is 2 L B T C bytes
     per value. Multi-query (n_kv_heads = 1) and grouped-query attention share keys and values
-    between heads. The cache grows with the batch and the context, not with the feed-forward
-    width, and at long contexts it can exceed the weights.
+    between heads; n_kv_heads defaults to the config's. The cache grows with the batch and the
+    context, not with the feed-forward width, and at long contexts it can exceed the weights.
 
     Book: Chapter 4, Scaling (the KV cache).
     """
-    n_kv_heads = config.n_heads if n_kv_heads is None else n_kv_heads
+    if n_kv_heads is None:
+        n_kv_heads = config.n_heads if config.n_kv_heads is None else config.n_kv_heads
     for name, value in (
         ("batch", batch),
         ("seq_len", seq_len),
@@ -82,65 +65,33 @@ def kv_cache_bytes(
 
 
 def cached_self_attention(
-    attn: nn.MultiheadAttention, x: Tensor, past_keys: Tensor | None, past_values: Tensor | None
+    attn: MultiHeadAttention, x: Tensor, past_keys: Tensor | None, past_values: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Causal self-attention of new positions over the cached ones and themselves.
+    """Causal self-attention of new positions over the cached ones and themselves, with the
+    weights of `attn`: one layer's step of `decode_step`, exposed on its own for page 4.5.
 
-    Uses the weights of `attn` (an `nn.MultiheadAttention`): projects only the new tokens `x`
-    to queries, keys and values, appends the keys and values to the past ones along the time
-    axis (dim 2), and lets new position i (absolute position p + i) attend to positions
-    0..p + i.
+    It runs `attn` itself, with a one-layer `KVCache` holding the past: the new tokens are
+    projected to queries, keys and values, the keys and values appended along the time axis
+    (dim 2), and new position i (absolute position p + i) attends to positions 0..p + i.
 
     Shapes:
-        x (B, t, C); past_keys, past_values (B, H, p, D) or None
-        ->  output (B, t, C), keys (B, H, p + t, D), values (B, H, p + t, D)
+        x (B, t, C); past_keys, past_values (B, H_kv, p, D) or None
+        ->  output (B, t, C), keys (B, H_kv, p + t, D), values (B, H_kv, p + t, D)
 
     Book: Chapter 4, Scaling (the KV cache).
     """
-    B, t, C = x.shape
-    H = attn.num_heads
-    D = C // H
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, t, C) x3
-    q, k, v = (z.view(B, t, H, D).transpose(1, 2) for z in (q, k, v))  # (B, H, t, D)
+    if not isinstance(attn, MultiHeadAttention):
+        raise TypeError(f"attn must be a tutorlib MultiHeadAttention, got {type(attn).__name__}")
+    cache = KVCache()
     if past_keys is not None and past_values is not None:
-        k = torch.cat([past_keys, k], dim=2)  # (B, H, p + t, D)
-        v = torch.cat([past_values, v], dim=2)  # (B, H, p + t, D)
-    p = k.shape[2] - t
-    mask = None  # a single new token may attend to everything cached
-    if t > 1:
-        mask = torch.ones(t, p + t, dtype=torch.bool, device=x.device).tril(diagonal=p)  # (t, p+t)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, t, D)
-    out = out.transpose(1, 2).reshape(B, t, C)  # (B, t, C)
-    return attn.out_proj(out), k, v
-
-
-def _layer_step(
-    layer: EncoderLayer, x: Tensor, past_keys: Tensor | None, past_values: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One `EncoderLayer` (eval mode, causal) on new positions, with its cache."""
-    if layer.norm_first:
-        attended, keys, values = cached_self_attention(
-            layer.self_attn, layer.norm1(x), past_keys, past_values
-        )
-        x = x + attended
-        x = x + layer.ff(layer.norm2(x))
-    else:
-        attended, keys, values = cached_self_attention(layer.self_attn, x, past_keys, past_values)
-        x = layer.norm1(x + attended)
-        x = layer.norm2(x + layer.ff(x))
-    return x, keys, values  # (B, t, C), (B, H, p + t, D) x2
-
-
-def _position_vectors(model: DecoderOnly, start: int, t: int) -> Tensor:
-    positions = model.decoder.embed.positions
-    table = (
-        positions.pe if isinstance(positions, SinusoidalPositionalEncoding) else positions.weight
-    )
-    return table[start : start + t]  # (t, C)
+        cache.update(0, past_keys, past_values)
+    out, _ = attn(x, x, x, is_causal=True, cache=cache, layer=0)  # (B, t, C)
+    return out, cache.keys[0], cache.values[0]
 
 
 def decode_step(model: DecoderOnly, tokens: Tensor, cache: KVCache) -> Tensor:
-    """Run `model` on the new `tokens` only, reading and extending `cache` in place.
+    """Run `model` on the new `tokens` only, reading and extending `cache` in place: the same
+    forward as training, `model(tokens, cache=cache)`, after a check of the positions.
 
     The first call (empty cache) is the *prefill* of the prompt; later calls pass one token.
     Call it in eval mode under `torch.no_grad()`.
@@ -157,19 +108,7 @@ def decode_step(model: DecoderOnly, tokens: Tensor, cache: KVCache) -> Tensor:
             f"positions {start}..{start + tokens.shape[1] - 1} exceed the model's "
             f"context_length {model.config.context_length}"
         )
-    embed = model.decoder.embed
-    x = embed.tokens(tokens) + _position_vectors(model, start, tokens.shape[1]).to(
-        embed.tokens.weight.dtype
-    )  # (B, t, C)
-    for i, layer in enumerate(model.decoder.layers):
-        past = (cache.keys[i], cache.values[i]) if start else (None, None)
-        x, keys, values = _layer_step(layer, x, *past)
-        if start:
-            cache.keys[i], cache.values[i] = keys, values
-        else:
-            cache.keys.append(keys)
-            cache.values.append(values)
-    return model.output(model.decoder.final_norm(x))  # (B, t, V)
+    return model(tokens, cache=cache)  # (B, t, V)
 
 
 def check_generation_inputs(model: DecoderOnly, prompt: Tensor, max_new_tokens: int) -> None:

@@ -1,11 +1,14 @@
-"""The pieces of a transformer block: layer norm, feed-forward network, encoder and decoder layers.
+"""The pieces of a transformer block: norms, feed-forward networks, encoder and decoder layers.
 
-Multi-head attention is used here as a black box (`torch.nn.MultiheadAttention`); Chapter 2
-opens it. Parameter names follow `torch.nn.TransformerEncoderLayer` and
+Attention is Chapter 2's `tutorlib.attention.MultiHeadAttention`, used here as a black box until
+Chapter 2 opens it. Parameter names follow `torch.nn.TransformerEncoderLayer` and
 `torch.nn.TransformerDecoderLayer` (self_attn, linear1, linear2, norm1 ...), so weights copy
 across with `load_state_dict` after a rename of `ff.` (see `torch_state_dict`).
 
-Book: 1.3 The transformer block; 1.4 Encoders and decoders.
+The options of modern decoders (6.7) are arguments of the layers: RMSNorm for layer norm,
+a SwiGLU feed-forward network, grouped-query attention and bias-free linear maps.
+
+Book: 1.3 The transformer block; 1.4 Encoders and decoders; 6.7 The modern decoder.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tutorlib.attention import KVCache, MultiHeadAttention
+
 __all__ = [
     "DecoderLayer",
     "EncoderLayer",
     "FeedForward",
     "LayerNorm",
+    "RMSNorm",
+    "SwiGLU",
     "gelu_tanh",
     "layer_norm",
+    "rms_norm",
+    "swiglu",
     "torch_state_dict",
 ]
 
@@ -83,20 +92,83 @@ def layer_norm(
 class LayerNorm(nn.Module):
     """Layer normalization with a learned gain and bias; a drop-in for `nn.LayerNorm(C)`.
 
+    The forward calls torch's fused `F.layer_norm`, which tests/test_layers.py checks against
+    the written-out `layer_norm` above. `bias=False` keeps the gain only (nanoGPT's option).
+
     Shapes:
         x (..., C)  ->  (..., C)
 
     Book: 1.3 The transformer block (Layer normalization).
     """
 
+    def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Root-mean-square normalization (Zhang and Sennrich, 2019), written out; same signature
+    and result as `F.rms_norm`.
+
+    y = x / sqrt(mean(x^2) + eps) * weight over the last `len(normalized_shape)` dimensions:
+    layer norm without subtracting the mean and without a bias. `eps=None` means
+    `torch.finfo(input.dtype).eps`, as in torch (Llama uses 1e-5 or 1e-6).
+
+    Shapes:
+        input (..., *normalized_shape); weight normalized_shape  ->  same as input
+
+    Book: 6.7 The modern decoder (RMSNorm).
+    """
+    normalized_shape = tuple(normalized_shape)
+    if tuple(input.shape[-len(normalized_shape) :]) != normalized_shape:
+        raise ValueError(
+            f"input's last dims {tuple(input.shape)} do not match normalized_shape "
+            f"{normalized_shape}"
+        )
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    dims = tuple(range(-len(normalized_shape), 0))
+    out = input * torch.rsqrt(input.pow(2).mean(dim=dims, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
+class RMSNorm(nn.Module):
+    """RMS normalization with a learned gain; a drop-in for `nn.RMSNorm(C, eps)`.
+
+    The forward calls torch's fused `F.rms_norm`, checked against `rms_norm` in the tests.
+
+    Shapes:
+        x (..., C)  ->  (..., C)
+
+    Book: 6.7 The modern decoder (RMSNorm).
+    """
+
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
-        self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        return layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+NORMS = {"layer": LayerNorm, "rms": RMSNorm}
+
+
+def make_norm(kind: str, d_model: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
+    """`LayerNorm` (kind "layer", with a bias unless bias=False) or `RMSNorm` (kind "rms")."""
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {sorted(NORMS)}, got {kind!r}")
+    return LayerNorm(d_model, eps, bias) if kind == "layer" else RMSNorm(d_model, eps)
 
 
 class FeedForward(nn.Module):
@@ -111,18 +183,72 @@ class FeedForward(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"
+        self,
+        d_model: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
         self.activation = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ff, d_model)
+        self.linear2 = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, T, C)
+
+
+def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor, down_weight: Tensor) -> Tensor:
+    """The SwiGLU feed-forward network of Shazeer (2020), as in PaLM and Llama:
+    down(silu(x W_gate^T) * (x W_up^T)), with silu(z) = z sigmoid(z).
+
+    A gated linear unit: one projection (up) carries the signal, the other (gate), through a
+    SiLU, decides how much of each hidden unit passes. Three matrices instead of two, so the
+    hidden width is usually 2/3 of the MLP's 4C (Llama: 8C/3, rounded) to keep the parameters.
+
+    Shapes:
+        x (..., C); gate_weight, up_weight (F, C); down_weight (C, F)  ->  (..., C)
+
+    Book: 6.7 The modern decoder (SwiGLU).
+    """
+    return F.linear(F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight), down_weight)
+
+
+class SwiGLU(nn.Module):
+    """The SwiGLU feed-forward network (`swiglu`), with Hugging Face Llama's parameter names
+    `gate_proj`, `up_proj`, `down_proj`; biases only when `bias=True`.
+
+    Shapes:
+        x (B, T, C)  ->  (B, T, C), with a hidden width d_ff
+
+    Book: 6.7 The modern decoder (SwiGLU).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, d_ff)
+        return self.down_proj(self.dropout(hidden))  # (B, T, C)
+
+
+def make_feed_forward(
+    kind: str, d_model: int, d_ff: int, dropout: float, activation: str, bias: bool
+) -> nn.Module:
+    """`FeedForward` (kind "mlp", with `activation`) or `SwiGLU` (kind "swiglu")."""
+    if kind == "mlp":
+        return FeedForward(d_model, d_ff, dropout, activation, bias)
+    if kind == "swiglu":
+        return SwiGLU(d_model, d_ff, dropout, bias)
+    raise ValueError(f"feed_forward must be 'mlp' or 'swiglu', got {kind!r}")
 
 
 def _check_sequence(x: Tensor, d_model: int, name: str = "x") -> None:
@@ -134,31 +260,6 @@ def _check_sequence(x: Tensor, d_model: int, name: str = "x") -> None:
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
 
 
-def _torch_attn_mask(mask: Tensor | None, B: int, T: int, S: int, n_heads: int) -> Tensor | None:
-    """tutorlib's mask (True = may attend) -> nn.MultiheadAttention's (True = blocked)."""
-    if mask is None:
-        return None
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be bool (True = may attend), got {mask.dtype}")
-    if mask.shape == (T, S):
-        return ~mask  # (T, S)
-    if mask.shape == (B, T, S):
-        return (~mask).repeat_interleave(n_heads, dim=0)  # (B*H, T, S)
-    raise ValueError(f"mask: expected ({T}, {S}) or ({B}, {T}, {S}), got {tuple(mask.shape)}")
-
-
-def _torch_key_padding_mask(padding_mask: Tensor | None, B: int, S: int) -> Tensor | None:
-    """tutorlib's padding mask (True = real token) -> torch's key_padding_mask (True = ignore)."""
-    if padding_mask is None:
-        return None
-    if padding_mask.dtype != torch.bool or padding_mask.shape != (B, S):
-        raise ValueError(
-            f"padding_mask: expected bool ({B}, {S}) with True = real token, got "
-            f"{padding_mask.dtype} {tuple(padding_mask.shape)}"
-        )
-    return ~padding_mask  # (B, S)
-
-
 class EncoderLayer(nn.Module):
     """One encoder layer: self-attention and a feed-forward network, each in a residual branch.
 
@@ -166,16 +267,19 @@ class EncoderLayer(nn.Module):
         x = norm1(x + SelfAttention(x));  x = norm2(x + FFN(x))
     `norm_first=True` is the pre-norm layer most models use today:
         x = x + SelfAttention(norm1(x));  x = x + FFN(norm2(x))
-    Equal to `nn.TransformerEncoderLayer(..., batch_first=True)` with the same weights.
+    With the defaults it equals `nn.TransformerEncoderLayer(..., batch_first=True)` with the
+    same weights. Run with `is_causal=True` it is a decoder-only (GPT, Llama) layer; the options
+    of modern decoders are `norm="rms"`, `feed_forward="swiglu"`, `n_kv_heads` and
+    `bias=False`, and the forward takes rotary tables and a `KVCache` (see `MultiHeadAttention`).
 
     Masks use tutorlib's convention: `mask` True = may attend, `padding_mask` True = real token.
-    A query row with nothing to attend to comes out NaN from `nn.MultiheadAttention`;
-    Chapter 2's attention returns zeros there instead.
+    A query row with nothing to attend to gets zeros (`nn.MultiheadAttention` gives NaN).
 
     Shapes:
-        x (B, T, C); mask (T, T) or (B, T, T); padding_mask (B, T)  ->  (B, T, C)
+        x (B, T, C); mask (T, S) or (B, T, S); padding_mask (B, S), S = T plus the cached
+        positions  ->  (B, T, C)
 
-    Book: 1.3 The transformer block.
+    Book: 1.3 The transformer block; 6.7 The modern decoder.
     """
 
     def __init__(
@@ -186,37 +290,46 @@ class EncoderLayer(nn.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         norm_first: bool = False,
+        *,
+        norm: str = "layer",
+        feed_forward: str = "mlp",
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.norm_first = d_model, n_heads, norm_first
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.ff = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = LayerNorm(d_model)
-        self.norm2 = LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, n_kv_heads)
+        self.ff = make_feed_forward(feed_forward, d_model, d_ff, dropout, activation, bias)
+        self.norm1 = make_norm(norm, d_model, norm_eps, bias)
+        self.norm2 = make_norm(norm, d_model, norm_eps, bias)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def _sa_block(self, x: Tensor, mask: Tensor | None, padding_mask: Tensor | None) -> Tensor:
-        B, T, _ = x.shape
-        out, _ = self.self_attn(
-            x,
-            x,
-            x,
-            attn_mask=_torch_attn_mask(mask, B, T, T, self.n_heads),
-            key_padding_mask=_torch_key_padding_mask(padding_mask, B, T),
-            need_weights=False,
-        )
+    def _sa_block(
+        self, x: Tensor, mask: Tensor | None, padding_mask: Tensor | None, **kw
+    ) -> Tensor:
+        out, _ = self.self_attn(x, x, x, padding_mask, mask, **kw)
         return self.dropout1(out)  # (B, T, C)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> Tensor:
         _check_sequence(x, self.d_model)
+        attend = dict(is_causal=is_causal, rotary=rotary, cache=cache, layer=layer)
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), mask, padding_mask)
+            x = x + self._sa_block(self.norm1(x), mask, padding_mask, **attend)
             x = x + self.dropout2(self.ff(self.norm2(x)))
         else:
-            x = self.norm1(x + self._sa_block(x, mask, padding_mask))
+            x = self.norm1(x + self._sa_block(x, mask, padding_mask, **attend))
             x = self.norm2(x + self.dropout2(self.ff(x)))
         return x  # (B, T, C)
 
@@ -245,29 +358,31 @@ class DecoderLayer(nn.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         norm_first: bool = False,
+        *,
+        norm: str = "layer",
+        feed_forward: str = "mlp",
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.norm_first = d_model, n_heads, norm_first
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.ff = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = LayerNorm(d_model)
-        self.norm2 = LayerNorm(d_model)
-        self.norm3 = LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, n_kv_heads)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, n_kv_heads)
+        self.ff = make_feed_forward(feed_forward, d_model, d_ff, dropout, activation, bias)
+        self.norm1 = make_norm(norm, d_model, norm_eps, bias)
+        self.norm2 = make_norm(norm, d_model, norm_eps, bias)
+        self.norm3 = make_norm(norm, d_model, norm_eps, bias)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def _sa_block(self, x: Tensor, self_mask: Tensor | None) -> Tensor:
-        B, T, _ = x.shape
-        attn_mask = _torch_attn_mask(self_mask, B, T, T, self.n_heads)
-        out, _ = self.self_attn(x, x, x, attn_mask=attn_mask, need_weights=False)
+    def _sa_block(self, x: Tensor, self_mask: Tensor | None, is_causal: bool) -> Tensor:
+        out, _ = self.self_attn(x, x, x, attn_mask=self_mask, is_causal=is_causal)
         return self.dropout1(out)  # (B, T, C)
 
     def _ca_block(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor | None) -> Tensor:
-        B, S = memory.shape[:2]
-        kpm = _torch_key_padding_mask(memory_padding_mask, B, S)
-        out, _ = self.cross_attn(x, memory, memory, key_padding_mask=kpm, need_weights=False)
+        out, _ = self.cross_attn(x, memory, memory, padding_mask=memory_padding_mask)
         return self.dropout2(out)  # (B, T, C)
 
     def forward(
@@ -276,17 +391,19 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         self_mask: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
     ) -> Tensor:
         _check_sequence(x, self.d_model)
         _check_sequence(memory, self.d_model, "memory")
         if memory.shape[0] != x.shape[0]:
             raise ValueError(f"batch sizes differ: x {x.shape[0]}, memory {memory.shape[0]}")
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), self_mask)
+            x = x + self._sa_block(self.norm1(x), self_mask, is_causal)
             x = x + self._ca_block(self.norm2(x), memory, memory_padding_mask)
             x = x + self.dropout3(self.ff(self.norm3(x)))
         else:
-            x = self.norm1(x + self._sa_block(x, self_mask))
+            x = self.norm1(x + self._sa_block(x, self_mask, is_causal))
             x = self.norm2(x + self._ca_block(x, memory, memory_padding_mask))
             x = self.norm3(x + self.dropout3(self.ff(x)))
         return x  # (B, T, C)
