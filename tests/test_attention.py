@@ -365,3 +365,18 @@ def test_multi_head_attention_with_a_cache_equals_the_full_pass(n_kv_heads) -> N
     assert repr(cache) == "KVCache(layers=1, length=7)"
     with pytest.raises(ValueError, match="layer 2 updated before layer 1"):
         cache.update(2, cache.keys[0], cache.values[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_fast_rotation_is_apply_rotary(dtype) -> None:
+    from tutorlib.attention import _rotate
+    from tutorlib.embeddings import apply_rotary, rotary_angles
+
+    x = torch.randn(2, 8, 3, 6).transpose(1, 2).to(dtype).requires_grad_()  # (B, H, T, D) view
+    cos, sin = rotary_angles(8, 6, offset=5)
+    fast, slow = _rotate(x, cos, sin), apply_rotary(x, cos, sin)
+    torch.testing.assert_close(fast, slow)
+    g = torch.randn_like(fast)
+    (grad_fast,) = torch.autograd.grad(fast, x, g)
+    (grad_slow,) = torch.autograd.grad(slow, x, g)
+    torch.testing.assert_close(grad_fast, grad_slow)
