@@ -496,6 +496,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H_kv, p + T, D)
         S = k.shape[2]
+        if is_causal and T == 1 and attn_mask is None:
+            is_causal = False  # one new query may see every cached key and itself: no mask
         if is_causal and (S != T or attn_mask is not None or padding_mask is not None):
             causal = causal_mask(T, q.device, past=S - T)  # (T, S), bottom-right aligned
             attn_mask = causal if attn_mask is None else _and(attn_mask, causal)
