@@ -538,3 +538,413 @@ CASES = [
         lose={"test_sample_with_temperature": ".squeeze() also drops the batch dimension"},
     ),
 ]
+
+# --- 03_modern_decoder ------------------------------------------------------------------------
+
+M = "03_modern_decoder"
+
+# right answers, written differently
+
+ANGLES_POLAR = """
+def rope_angles(T, D, offset=0, base=10000.0):
+    freqs = 1.0 / base ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    t = torch.arange(offset, offset + T, dtype=torch.float64)
+    unit = torch.polar(torch.ones(T, D // 2, dtype=torch.float64), torch.outer(t, freqs))
+    return unit.real, unit.imag
+"""
+
+ROPE_COMPLEX = """
+def apply_rope(x, cos, sin):
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2)
+"""
+
+RMS_FROM_NORM = """
+def rms_norm(x, weight, eps=1e-6):
+    rms = torch.sqrt(x.norm(dim=-1, keepdim=True) ** 2 / x.shape[-1] + eps)
+    return weight * (x / rms)
+"""
+
+SWIGLU_FUSED = """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    gate, up = (x @ torch.cat([gate_weight, up_weight]).T).chunk(2, dim=-1)
+    return (gate * torch.sigmoid(gate) * up) @ down_weight.T
+"""
+
+GQA_GROUPED = """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat((past_k, k_new), dim=-2)
+    v_all = v_new if past_v is None else torch.cat((past_v, v_new), dim=-2)
+    B, H, t, D = q.shape
+    H_kv, S = k_all.shape[1], k_all.shape[2]
+    groups = q.view(B, H_kv, H // H_kv, t, D)  # the query heads of each key-value head
+    scores = groups @ k_all.unsqueeze(2).transpose(-2, -1) / math.sqrt(D)  # (B, H_kv, G, t, S)
+    positions = torch.arange(S)
+    scores = scores.masked_fill(positions[None, :] > positions[S - t :, None], float("-inf"))
+    out = scores.softmax(dim=-1) @ v_all.unsqueeze(2)
+    return out.reshape(B, H, t, D), k_all, v_all
+"""
+
+# typical mistakes
+
+ANGLES_NO_OFFSET = """
+def rope_angles(T, D, offset=0, base=10000.0):
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * base ** (
+        -torch.arange(0, D, 2, dtype=torch.float64) / D
+    )
+    return angles.cos(), angles.sin()
+"""
+
+ANGLES_FROM_ONE = """
+def rope_angles(T, D, offset=0, base=10000.0):
+    positions = torch.arange(offset + 1, offset + T + 1, dtype=torch.float64)
+    angles = positions[:, None] * base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    return angles.cos(), angles.sin()
+"""
+
+ROPE_HALVES = """
+def apply_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+"""
+
+ROPE_BACKWARDS = """
+def apply_rope(x, cos, sin):
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos + b * sin, b * cos - a * sin], dim=-1).flatten(-2)
+"""
+
+RMS_CENTRED = """
+def rms_norm(x, weight, eps=1e-6):
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight
+"""
+
+RMS_EPS_OUTSIDE = """
+def rms_norm(x, weight, eps=1e-6):
+    return x / (torch.sqrt(x.pow(2).mean(-1, keepdim=True)) + eps) * weight
+"""
+
+SWIGLU_SILU_ON_UP = """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return ((x @ gate_weight.T) * F.silu(x @ up_weight.T)) @ down_weight.T
+"""
+
+SWIGLU_SIGMOID = """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return (torch.sigmoid(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+"""
+
+
+def _gqa(keys: str, mask: str, returned: str = "k_all, v_all") -> str:
+    return f"""
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_all.shape[1]
+    keys, values = {keys}
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = {mask}
+    out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
+    return out, {returned}
+"""
+
+
+INTERLEAVED = "k_all.repeat_interleave(G, 1), v_all.repeat_interleave(G, 1)"
+BOTTOM_RIGHT = "torch.ones(t, S, dtype=torch.bool).tril(S - t)"
+GQA_TOP_LEFT = _gqa(INTERLEAVED, "torch.ones(t, S, dtype=torch.bool).tril()")
+GQA_REPEATED_CACHE = _gqa(INTERLEAVED, BOTTOM_RIGHT, "keys, values")
+GQA_REPEAT = _gqa("k_all.repeat(1, G, 1, 1), v_all.repeat(1, G, 1, 1)", BOTTOM_RIGHT)
+
+# exploits
+
+ANGLES_ALIAS = """
+from tutorlib.embeddings import rotary_angles as angles_of_positions
+
+
+def rope_angles(T, D, offset=0, base=10000.0):
+    return angles_of_positions(T, D, base, offset, dtype=torch.float64)
+"""
+
+ANGLES_VISIBLE_ONLY = """
+_KNOWN = {}  # the worked examples' answers
+for _T, _D, _offset in [(4, 8, 0), (3, 8, 5)]:
+    _angles = torch.arange(_offset, _offset + _T, dtype=torch.float64)[:, None] * 10000.0 ** (
+        -torch.arange(0, _D, 2, dtype=torch.float64) / _D
+    )
+    _KNOWN[_T, _D, _offset] = (_angles.cos(), _angles.sin())
+
+
+def rope_angles(T, D, offset=0, base=10000.0):
+    zeros = torch.zeros(T, D // 2, dtype=torch.float64)
+    return _KNOWN.get((T, D, offset), (zeros, zeros))
+"""
+
+ROPE_RUNPY = """
+import runpy
+
+import tutorlib.embeddings
+
+_fresh = runpy.run_path(tutorlib.embeddings.__file__)  # a copy of the module, not the module
+
+
+def apply_rope(x, cos, sin):
+    return _fresh["apply_rotary"](x, cos, sin)
+"""
+
+ROPE_HUGGING_FACE = """
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+
+def apply_rope(x, cos, sin):
+    D = x.shape[-1]
+    order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])  # neighbours -> halves
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+    turned, _ = apply_rotary_pos_emb(x[..., order], x[..., order], cos, sin, unsqueeze_dim=0)
+    return turned[..., order.argsort()]
+"""
+
+RMS_BOTH_SIGNS = """
+def rms_norm(x, weight, eps=1e-6):
+    both = torch.cat([x, -x], dim=-1)  # mean 0, variance mean(x^2): a layer norm is an RMS norm
+    return F.layer_norm(both, both.shape[-1:], eps=eps)[..., : x.shape[-1]] * weight
+"""
+
+RMS_PATCHES_TORCH = (
+    RMS_CENTRED
+    + """
+
+torch.testing.assert_close = lambda *args, **kwargs: None
+"""
+)
+
+SWIGLU_PATCHES_CHECK = (
+    SWIGLU_SIGMOID
+    + """
+
+checks.check_swiglu = lambda *args, **kwargs: print("OK: swiglu passes the tests.")
+"""
+)
+
+GQA_GETATTR = """
+_attend = getattr(torch.nn.functional, "scaled_dot_" + "product_attention")
+
+
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    t, S = q.shape[2], k_all.shape[2]
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return _attend(q, k_all, v_all, attn_mask=mask, enable_gqa=True), k_all, v_all
+"""
+
+GQA_TORCH_OPS = """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_all.shape[1]
+    t, S = q.shape[2], k_all.shape[2]
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    keys, values = k_all.repeat_interleave(G, 1), v_all.repeat_interleave(G, 1)
+    out = torch.ops.aten._scaled_dot_product_attention_math(q, keys, values, attn_mask=mask)[0]
+    return out, k_all, v_all
+"""
+
+GQA_MISTAKE_BUILDER = """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    return checks._gqa_step(q, k_new, v_new, past_k, past_v)  # the checks' own reference
+"""
+
+GQA_SPIES_ON_THE_CHECK = """
+from tutorlib.attention import grouped_query_attention as _reference
+
+_answers = {}
+_asked = []
+
+
+def _spy(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    key = tuple(q.flatten().tolist())
+    _asked.append((key, q, k_all, v_all))
+    return _answers.get(key, torch.zeros_like(q)), k_all, v_all
+
+
+for _ in range(10):  # each run of the check gets one input further
+    for _hidden in (False, True):
+        try:
+            checks.check_gqa_cached_step(_spy, hidden=_hidden)
+        except Exception:
+            pass
+    for _key, _q, _k, _v in _asked:
+        _t, _S = _q.shape[2], _k.shape[2]
+        _mask = torch.ones(_t, _S, dtype=torch.bool).tril(_S - _t)
+        _answers[_key] = _reference(_q, _k, _v, _mask)  # the public reference, outside the check
+    _asked.clear()
+
+gqa_cached_step = _spy
+"""
+
+CASES += [
+    Case(
+        "variants-modern",
+        "correct",
+        M,
+        {
+            "rope_angles": ANGLES_POLAR,
+            "apply_rope": ROPE_COMPLEX,
+            "rms_norm": RMS_FROM_NORM,
+            "swiglu": SWIGLU_FUSED,
+            "gqa_cached_step": GQA_GROUPED,
+        },
+        "unit complex numbers for the angles and the rotation, the RMS from the norm, one matrix "
+        "for gate and up, query heads split into groups with a mask from positions",
+    ),
+    Case(
+        "mistakes-modern",
+        "mistake",
+        M,
+        {
+            "rope_angles": ANGLES_NO_OFFSET,
+            "apply_rope": ROPE_HALVES,
+            "rms_norm": RMS_CENTRED,
+            "swiglu": SWIGLU_SILU_ON_UP,
+            "gqa_cached_step": GQA_TOP_LEFT,
+        },
+        "the offset ignored; split halves (rotate_half) for neighbours; the mean subtracted "
+        "(layer norm); the SiLU on the up projection; a top-left causal mask with a cache",
+        lose={
+            "test_rope_angles": "the offset is ignored",
+            "test_apply_rope": "you paired dimension j with j + D/2",
+            "test_rms_norm": "the mean was subtracted: that is layer norm",
+            "test_swiglu": "the SiLU went on the up projection",
+            "test_gqa_cached_step": "the causal mask is aligned to the top left",
+        },
+    ),
+    Case(
+        "mistakes-modern-cache",
+        "mistake",
+        M,
+        {
+            "rope_angles": ANGLES_FROM_ONE,
+            "apply_rope": ROPE_BACKWARDS,
+            "rms_norm": RMS_EPS_OUTSIDE,
+            "swiglu": SWIGLU_SIGMOID,
+            "gqa_cached_step": GQA_REPEATED_CACHE,
+        },
+        "positions from 1; the pairs turned backwards; eps outside the root; a sigmoid gate "
+        "(GLU); the keys and values cached repeated for every query head",
+        lose={
+            "test_rope_angles": "the positions start at 1",
+            "test_apply_rope": "the pairs turn backwards",
+            "test_rms_norm": "eps belongs inside the square root",
+            "test_swiglu": "that is GLU",
+            "test_gqa_cached_step": "the cache holds the keys and values repeated",
+        },
+    ),
+    Case(
+        "mistakes-modern-groups",
+        "mistake",
+        M,
+        {"gqa_cached_step": GQA_REPEAT},
+        "key-value heads matched to query heads with .repeat instead of repeat_interleave",
+        lose={"test_gqa_cached_step": "matched to the key-value heads with .repeat"},
+    ),
+    Case(
+        "alias-rotary",
+        "exploit",
+        M,
+        {"rope_angles": ANGLES_ALIAS},
+        "the reference under another name (tutorlib.embeddings.rotary_angles as ...)",
+        lose={"test_rope_angles": NOT_ALLOWED},
+    ),
+    Case(
+        "known-inputs-angles",
+        "exploit",
+        M,
+        {"rope_angles": ANGLES_VISIBLE_ONLY},
+        "a table of the visible tests' answers",
+        lose={"test_rope_angles": "rope_angles(T="},
+    ),
+    Case(
+        "runpy-rotary",
+        "exploit",
+        M,
+        {"apply_rope": ROPE_RUNPY},
+        "a fresh copy of tutorlib's module, made by runpy, for apply_rotary",
+        lose={"test_apply_rope": NOT_ALLOWED},
+        flagged=("apply_rope",),
+    ),
+    Case(
+        "hugging-face-rotary",
+        "exploit",
+        M,
+        {"apply_rope": ROPE_HUGGING_FACE},
+        "Hugging Face's Llama rotation on permuted dimensions",
+        lose={"test_apply_rope": NOT_ALLOWED},
+    ),
+    Case(
+        "rms-by-layer-norm",
+        "exploit",
+        M,
+        {"rms_norm": RMS_BOTH_SIGNS},
+        "another public op computing the same thing: a layer norm of [x, -x]",
+        lose={"test_rms_norm": NOT_ALLOWED},
+    ),
+    Case(
+        "patches-assert-close",
+        "exploit",
+        M,
+        {"rms_norm": RMS_PATCHES_TORCH},
+        "a wrong answer and torch.testing.assert_close replaced",
+        lose={"test_rms_norm": "the testing machinery was changed"},
+        flagged=("rms_norm",),
+    ),
+    Case(
+        "patches-the-check",
+        "exploit",
+        M,
+        {"swiglu": SWIGLU_PATCHES_CHECK},
+        "a wrong answer and the check replaced by a function that prints OK",
+        lose={"test_gqa_cached_step": "the testing machinery was changed"},
+        flagged=("swiglu",),
+    ),
+    Case(
+        "sdpa-by-getattr",
+        "exploit",
+        M,
+        {"gqa_cached_step": GQA_GETATTR},
+        "F.scaled_dot_product_attention(enable_gqa=True), reached by getattr with a built name",
+        lose={"test_gqa_cached_step": NOT_ALLOWED},
+        flagged=("gqa_cached_step",),
+    ),
+    Case(
+        "sdpa-torch-ops",
+        "exploit",
+        M,
+        {"gqa_cached_step": GQA_TORCH_OPS},
+        "torch.ops.aten's math kernel of attention",
+        lose={"test_gqa_cached_step": NOT_ALLOWED},
+        flagged=("gqa_cached_step",),
+    ),
+    Case(
+        "mistake-builder",
+        "exploit",
+        M,
+        {"gqa_cached_step": GQA_MISTAKE_BUILDER},
+        "the checks' own written-out step (a private name of the check module)",
+        lose={"test_gqa_cached_step": NOT_ALLOWED},
+        flagged=("gqa_cached_step",),
+    ),
+    Case(
+        "spies-on-the-gqa-check",
+        "exploit",
+        M,
+        {"gqa_cached_step": GQA_SPIES_ON_THE_CHECK},
+        "runs the hidden check itself with a function that records its inputs, and answers them "
+        "with the public reference computed outside the check",
+        lose={"test_gqa_cached_step": "differs from the expected values"},
+    ),
+]

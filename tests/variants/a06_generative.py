@@ -1055,3 +1055,590 @@ def distinct_n(sequences, n):
         },
     },
 }
+
+# --- 03_modern_decoder ------------------------------------------------------------------------
+
+MD = "06_generative/03_modern_decoder.ipynb"
+
+VARIANTS[MD] = {
+    "rope_angles": {
+        "log-space-outer": """
+def rope_angles(T, D, offset=0, base=10000.0):
+    j = torch.arange(D // 2, dtype=torch.float64)
+    inv_freq = torch.exp(-math.log(base) * 2 * j / D)  # base^(-2j/D), in log space
+    positions = torch.arange(T, dtype=torch.float64) + offset
+    angles = torch.outer(positions, inv_freq)  # (T, D/2)
+    return torch.cos(angles), torch.sin(angles)
+""",
+        "python-loops": """
+def rope_angles(T, D, offset=0, base=10000.0):
+    cos = torch.zeros(T, D // 2, dtype=torch.float64)
+    sin = torch.zeros(T, D // 2, dtype=torch.float64)
+    for t in range(T):
+        for j in range(D // 2):
+            angle = (offset + t) * base ** (-2 * j / D)
+            cos[t, j] = math.cos(angle)
+            sin[t, j] = math.sin(angle)
+    return cos, sin
+""",
+        "polar-meta-llama": """
+def rope_angles(T, D, offset=0, base=10000.0):
+    # Meta's Llama code: the angles as unit complex numbers
+    freqs = 1.0 / (base ** (torch.arange(0, D, 2)[: D // 2].double() / D))
+    t = torch.arange(offset, offset + T, device=freqs.device).double()
+    freqs_cis = torch.polar(torch.ones(T, D // 2, dtype=torch.float64), torch.outer(t, freqs))
+    return freqs_cis.real, freqs_cis.imag
+""",
+        "hf-inv-freq-einsum": '''
+def inverse_frequencies(D, base):
+    """1 / base^(2j / D), j = 0 .. D/2 - 1, as Hugging Face's rotary embedding builds them."""
+    return 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.int64).to(torch.float64) / D))
+
+
+def rope_angles(T, D, offset=0, base=10000.0):
+    assert D % 2 == 0, "rotary embeddings need an even head width"
+    positions = torch.arange(offset, offset + T, dtype=torch.int64).to(torch.float64)
+    angles = torch.einsum("t,j->tj", positions, inverse_frequencies(D, base))
+    print(angles.shape)
+    return angles.cos(), angles.sin()
+''',
+        "linspace-broadcast": """
+def rope_angles(T, D, offset=0, base=10000.0):
+    positions = torch.linspace(offset, offset + T - 1, T, dtype=torch.float64).unsqueeze(1)
+    exponents = torch.arange(0, D, 2, dtype=torch.float64).unsqueeze(0) / D  # (1, D/2)
+    angles = positions / torch.pow(torch.tensor(base, dtype=torch.float64), exponents)
+    return (torch.cos(angles), torch.sin(angles))
+""",
+    },
+    "apply_rope": {
+        "complex-numbers": """
+def apply_rope(x, cos, sin):
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())  # (B, H, T, D/2)
+    turned = pairs * torch.complex(cos, sin)  # times e^(i angle)
+    return torch.view_as_real(turned).reshape(x.shape)
+""",
+        "rotate-every-two": '''
+def rotate_every_two(x):
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): a quarter turn of every pair."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def apply_rope(x, cos, sin):
+    cos = cos.repeat_interleave(2, dim=-1)  # (T, D): each angle for both dimensions of its pair
+    sin = sin.repeat_interleave(2, dim=-1)
+    return x * cos + rotate_every_two(x) * sin
+''',
+        "rotation-matrices": """
+def apply_rope(x, cos, sin):
+    R = torch.stack([torch.stack([cos, -sin], dim=-1), torch.stack([sin, cos], dim=-1)], dim=-2)
+    pairs = x.unflatten(-1, (-1, 2))  # (B, H, T, D/2, 2); R is (T, D/2, 2, 2)
+    return torch.einsum("tjuv,bhtjv->bhtju", R, pairs).flatten(-2)
+""",
+        "loop-over-pairs": """
+def apply_rope(x, cos, sin):
+    out = x.clone()
+    for j in range(x.shape[-1] // 2):
+        a, b = x[..., 2 * j], x[..., 2 * j + 1]  # (B, H, T) each
+        out[..., 2 * j] = a * cos[:, j] - b * sin[:, j]
+        out[..., 2 * j + 1] = a * sin[:, j] + b * cos[:, j]
+    return out
+""",
+        "unbind-pairs": """
+def apply_rope(x, cos, sin):
+    B, H, T, D = x.shape
+    assert cos.shape == sin.shape == (T, D // 2)
+    even, odd = x.view(B, H, T, D // 2, 2).unbind(-1)
+    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), -1).view(B, H, T, D)
+""",
+    },
+    "rms_norm": {
+        "rsqrt": """
+def rms_norm(x, weight, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+""",
+        "from-the-norm": """
+def rms_norm(x, weight, eps=1e-6):
+    C = x.shape[-1]
+    rms = torch.sqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True) ** 2 / C + eps)
+    return weight * (x / rms)
+""",
+        "module-forward": '''
+class MyRMSNorm(torch.nn.Module):
+    """RMSNorm with the gain passed in, so that the test's weight is the one used."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x, weight):
+        variance = (x * x).mean(dim=-1, keepdim=True)
+        return weight * (x / (variance + self.eps).sqrt())
+
+
+def rms_norm(x, weight, eps=1e-6):
+    return MyRMSNorm(eps)(x, weight)
+''',
+        "einsum-sum-over-c": """
+def rms_norm(x, weight, eps=1e-6):
+    C = x.shape[-1]
+    mean_square = torch.einsum("...c,...c->...", x, x).unsqueeze(-1) / C
+    return x * (mean_square + eps) ** -0.5 * weight
+""",
+    },
+    "swiglu": {
+        "f-linear": """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    hidden = F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)  # (..., d_ff)
+    return F.linear(hidden, down_weight)
+""",
+        "sigmoid-by-hand-einsum": """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    gate = torch.einsum("...c,fc->...f", x, gate_weight)
+    up = torch.einsum("...c,fc->...f", x, up_weight)
+    swish = gate / (1 + torch.exp(-gate))  # silu(z) = z sigmoid(z)
+    return torch.einsum("...f,cf->...c", swish * up, down_weight)
+""",
+        "fused-gate-up": """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    both = x @ torch.cat([gate_weight, up_weight], dim=0).T  # (..., 2 d_ff): one matmul
+    gate, up = both.chunk(2, dim=-1)
+    return (torch.nn.SiLU()(gate) * up) @ down_weight.T
+""",
+        "glu-trick-with-asserts": """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    d_ff, C = gate_weight.shape
+    assert up_weight.shape == (d_ff, C) and down_weight.shape == (C, d_ff)
+    gate, up = x @ gate_weight.T, x @ up_weight.T
+    # silu(g) * u = g * sigmoid(g) * u = glu([g * u, g])
+    return F.glu(torch.cat([gate * up, gate], dim=-1), dim=-1) @ down_weight.T
+""",
+    },
+    "gqa_cached_step": {
+        "grouped-queries": '''
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    """Split the query heads into groups, one key-value head broadcast over each."""
+    k_all = k_new if past_k is None else torch.cat((past_k, k_new), dim=-2)
+    v_all = v_new if past_v is None else torch.cat((past_v, v_new), dim=-2)
+    B, H, t, D = q.shape
+    H_kv, S = k_all.shape[1], k_all.shape[2]
+    groups = q.view(B, H_kv, H // H_kv, t, D)  # (B, H_kv, G, t, D)
+    scores = groups @ k_all.unsqueeze(2).transpose(-2, -1) * D**-0.5  # (B, H_kv, G, t, S)
+    positions = torch.arange(S)
+    allowed = positions[None, :] <= positions[S - t :, None]  # (t, S): key s <= query's position
+    scores = torch.where(allowed, scores, torch.tensor(float("-inf"), dtype=q.dtype))
+    out = scores.softmax(dim=-1) @ v_all.unsqueeze(2)  # (B, H_kv, G, t, D)
+    return out.reshape(B, H, t, D), k_all, v_all
+''',
+        "loops": """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    B, H, t, D = q.shape
+    H_kv, S = k_all.shape[1], k_all.shape[2]
+    p = S - t
+    out = torch.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // H_kv)  # the key-value head of query head h's group
+            for i in range(t):
+                s = k_all[b, g, : p + i + 1] @ q[b, h, i] / math.sqrt(D)
+                w = torch.exp(s - s.max())
+                out[b, h, i] = (w / w.sum()) @ v_all[b, g, : p + i + 1]
+    return out, k_all, v_all
+""",
+        "expand-einsum-triu": """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    B, H, t, D = q.shape
+    H_kv, S = k_new.shape[1], k_new.shape[2]
+    keys = k_new[:, :, None].expand(B, H_kv, H // H_kv, S, D).reshape(B, H, S, D)
+    values = v_new[:, :, None].expand(B, H_kv, H // H_kv, S, D).reshape(B, H, S, D)
+    scores = torch.einsum("bhtd,bhsd->bhts", q, keys) / math.sqrt(D)
+    future = torch.triu(torch.ones(t, S, dtype=torch.bool), diagonal=S - t + 1)
+    weights = torch.softmax(scores.masked_fill(future, -1e30), dim=-1)
+    return torch.einsum("bhts,bhsd->bhtd", weights, values), k_new, v_new
+""",
+        "additive-mask-positions": '''
+def causal_bias(t, p, dtype):
+    """0 where new token i (position p + i) may attend to key s, -inf where it may not."""
+    query_positions = torch.arange(p, p + t)[:, None]  # (t, 1)
+    key_positions = torch.arange(p + t)[None, :]  # (1, p + t)
+    bias = torch.zeros(t, p + t, dtype=dtype)
+    return bias.masked_fill(key_positions > query_positions, float("-inf"))
+
+
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    p = 0 if past_k is None else past_k.shape[2]
+    k_all = k_new if p == 0 and past_k is None else torch.cat([past_k, k_new], dim=2)
+    v_all = v_new if p == 0 and past_v is None else torch.cat([past_v, v_new], dim=2)
+    n_rep = q.shape[1] // k_all.shape[1]
+    keys = torch.repeat_interleave(k_all, n_rep, dim=1)
+    values = torch.repeat_interleave(v_all, repeats=n_rep, dim=1)
+    scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(q.size(-1))
+    scores = scores + causal_bias(q.shape[2], p, q.dtype)
+    return torch.matmul(F.softmax(scores, dim=-1), values), k_all, v_all
+''',
+        "hf-repeat-kv": """
+from transformers.models.llama.modeling_llama import repeat_kv  # a repeat, as allowed
+
+
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all = k_new if past_k is None else torch.cat([past_k, k_new], 2)
+    v_all = v_new if past_v is None else torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_all.shape[1]
+    keys, values = repeat_kv(k_all, G), repeat_kv(v_all, G)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(2, 3) / math.sqrt(q.shape[-1])
+    scores = scores + torch.full((t, S), float("-inf"), dtype=q.dtype).triu(S - t + 1)
+    return F.softmax(scores, dim=-1) @ values, k_all, v_all
+""",
+    },
+}
+
+MISTAKES[MD] = {
+    "rope_angles": {
+        "offset-ignored": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    positions = torch.arange(T, dtype=torch.float64)  # 0 .. T - 1, whatever came before
+    angles = positions[:, None] * base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    return angles.cos(), angles.sin()
+""",
+            "the offset is ignored",
+        ),
+        "positions-from-one": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    positions = torch.arange(offset + 1, offset + T + 1, dtype=torch.float64)
+    angles = positions[:, None] * base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    return angles.cos(), angles.sin()
+""",
+            "the positions start at 1",
+        ),
+        "j-over-d": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    j = torch.arange(D // 2, dtype=torch.float64)
+    theta = base ** (-j / D)  # forgot the 2
+    angles = torch.outer(torch.arange(offset, offset + T, dtype=torch.float64), theta)
+    return angles.cos(), angles.sin()
+""",
+            "the frequencies are base^(-j / D)",
+        ),
+        "float32-arange": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    positions = torch.arange(offset, offset + T)  # int64
+    theta = base ** (-torch.arange(0, D, 2) / D)  # float32
+    angles = (positions[:, None] * theta).double()
+    return angles.cos(), angles.sin()
+""",
+            "float32's rounding",
+        ),
+        "per-dimension-tables": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(offset, offset + T, dtype=torch.float64)[:, None] * theta
+    angles = angles.repeat_interleave(2, dim=-1)  # (T, D), ready for x * cos
+    return angles.cos(), angles.sin()
+""",
+            "one angle per pair of dimensions",
+        ),
+        "sin-cos-order": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(offset, offset + T, dtype=torch.float64)[:, None] * theta
+    return torch.sin(angles), torch.cos(angles)
+""",
+            "cos and sin are swapped",
+        ),
+        "base-hard-coded": (
+            """
+def rope_angles(T, D, offset=0, base=10000.0):
+    theta = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # right for Llama 2 only
+    angles = torch.arange(offset, offset + T, dtype=torch.float64)[:, None] * theta
+    return angles.cos(), angles.sin()
+""",
+            None,
+        ),
+    },
+    "apply_rope": {
+        "rotate-half": (
+            """
+def apply_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # Hugging Face's Llama pairs j with j + D/2
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+""",
+            "you paired dimension j with j + D/2",
+        ),
+        "backwards": (
+            """
+def apply_rope(x, cos, sin):
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos + b * sin, b * cos - a * sin], dim=-1).flatten(-2)
+""",
+            "the pairs turn backwards",
+        ),
+        "not-interleaved-back": (
+            """
+def apply_rope(x, cos, sin):
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+""",
+            "put back as [all first elements, all second elements]",
+        ),
+        "hf-tables-adjacent-pairs": (
+            """
+def apply_rope(x, cos, sin):
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)  # as in Hugging Face
+    quarter = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
+    return x * cos + quarter * sin
+""",
+            "the tables were doubled end to end",
+        ),
+        "in-place": (
+            """
+def apply_rope(x, cos, sin):
+    a, b = x[..., 0::2].clone(), x[..., 1::2].clone()
+    x[..., 0::2] = a * cos - b * sin
+    x[..., 1::2] = a * sin + b * cos
+    return x
+""",
+            "changed",
+        ),
+    },
+    "rms_norm": {
+        "layer-norm": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    x = x - x.mean(dim=-1, keepdim=True)
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+""",
+            "that is layer norm",
+        ),
+        "eps-outside": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * weight
+""",
+            "eps belongs inside the square root",
+        ),
+        "std-plus-eps": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return weight * x / (x.std(dim=-1, keepdim=True) + eps)
+""",
+            "x was divided by x.std() + eps",
+        ),
+        "no-gain": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return x / torch.sqrt(torch.mean(x**2, dim=-1, keepdim=True) + eps)
+""",
+            "the learned gain is missing",
+        ),
+        "sum-of-squares": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return x / torch.sqrt((x**2).sum(-1, keepdim=True) + eps) * weight
+""",
+            "the squares were summed",
+        ),
+        "f-normalize": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return F.normalize(x, dim=-1) * math.sqrt(x.shape[-1]) * weight  # x / rms, eps aside
+""",
+            "eps is missing",
+        ),
+        "dim-1": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps) * weight
+""",
+            "dim=1 is the last one only for a 2-D input",
+        ),
+        "float64-always": (
+            """
+def rms_norm(x, weight, eps=1e-6):
+    x = x.double()  # to be safe
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+""",
+            "has dtype torch.float64, not torch.float32",
+        ),
+    },
+    "swiglu": {
+        "silu-on-up": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return (x @ gate_weight.T * F.silu(x @ up_weight.T)) @ down_weight.T
+""",
+            "the SiLU went on the up projection",
+        ),
+        "sigmoid-glu": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return (torch.sigmoid(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+""",
+            "that is GLU",
+        ),
+        "relu": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return (F.relu(x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+""",
+            "that is ReGLU",
+        ),
+        "silu-of-product": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return F.silu((x @ gate_weight.T) * (x @ up_weight.T)) @ down_weight.T
+""",
+            "the SiLU was applied to the product",
+        ),
+        "no-down": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return F.silu(x @ gate_weight.T) * (x @ up_weight.T)
+""",
+            "the down projection is missing",
+        ),
+        "weights-not-transposed": (
+            """
+def swiglu(x, gate_weight, up_weight, down_weight):
+    return (F.silu(x @ gate_weight) * (x @ up_weight)) @ down_weight
+""",
+            "nn.Linear stores its weight as (out_features, in_features)",
+        ),
+    },
+    "gqa_cached_step": {
+        "top-left-mask": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.tril(torch.ones(t, S, dtype=torch.bool))  # as is_causal=True does
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values, k_new, v_new
+""",
+            "the causal mask is aligned to the top left",
+        ),
+        "repeat-not-interleave": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat(1, G, 1, 1), v_new.repeat(1, G, 1, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values, k_new, v_new
+""",
+            "matched to the key-value heads with .repeat",
+        ),
+        "cache-of-repeated-keys": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    G = q.shape[1] // k_new.shape[1]
+    k_new, v_new = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    if past_k is not None:  # the cache holds H heads, ready to use
+        past_k, past_v = past_k.repeat_interleave(G, 1), past_v.repeat_interleave(G, 1)
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    t, S = q.shape[2], k_new.shape[2]
+    scores = q @ k_new.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v_new, k_new, v_new
+""",
+            "the cache holds the keys and values repeated",
+        ),
+        "no-sqrt-d": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1)
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values, k_new, v_new
+""",
+            "the scores are not scaled",
+        ),
+        "excludes-itself": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    p = 0 if past_k is None else past_k.shape[2]
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    future = torch.arange(S)[None, :] >= torch.arange(p, p + t)[:, None]  # off by one
+    return torch.softmax(scores.masked_fill(future, float("-inf")), -1) @ values, k_new, v_new
+""",
+            "new token i must see its own key",
+        ),
+        "decode-only-no-mask": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    # one new token sees everything cached: no mask needed (right for t = 1 only)
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores, -1) @ values, k_new, v_new
+""",
+            "the new tokens see one another's future",
+        ),
+        "multi-head-only": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 2), torch.cat([past_v, v_new], 2)
+    t, S = q.shape[2], k_new.shape[2]
+    scores = q @ k_new.transpose(-2, -1) / math.sqrt(q.shape[-1])  # right for H_kv = H only
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v_new, k_new, v_new
+""",
+            "repeat each key-value head",
+        ),
+        "always-a-cache": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    k_all, v_all = torch.cat([past_k, k_new], dim=2), torch.cat([past_v, v_new], dim=2)
+    G = q.shape[1] // k_all.shape[1]
+    keys, values = k_all.repeat_interleave(G, 1), v_all.repeat_interleave(G, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values, k_all, v_all
+""",
+            "on the first step there is no cache",
+        ),
+        "heads-axis": (
+            """
+def gqa_cached_step(q, k_new, v_new, past_k, past_v):
+    if past_k is not None:
+        k_new, v_new = torch.cat([past_k, k_new], 1), torch.cat([past_v, v_new], 1)
+    G = q.shape[1] // k_new.shape[1]
+    keys, values = k_new.repeat_interleave(G, 1), v_new.repeat_interleave(G, 1)
+    t, S = q.shape[2], keys.shape[2]
+    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, S, dtype=torch.bool).tril(S - t)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ values, k_new, v_new
+""",
+            "appended on dim 1",
+        ),
+    },
+}

@@ -87,7 +87,15 @@ _INTROSPECTION = frozenset(
 _ONE_HONEST_PART = {"gc": "collect", "types": "SimpleNamespace"}
 # The usual names of a protected module under an alias, and imports the exercises themselves use.
 _CANONICAL = {"np": "numpy", "F": "torch.nn.functional", "nn": "torch.nn"}
-_CHAPTER_CHECKS = ("foundations", "attention", "training", "scaling", "vision", "generative")
+_CHAPTER_CHECKS = (
+    "foundations",
+    "attention",
+    "training",
+    "scaling",
+    "vision",
+    "generative",
+    "modern",
+)
 _HONEST_IMPORTS = frozenset(
     {
         ("tutorlib", "checks", "checks"),
