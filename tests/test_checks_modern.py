@@ -409,6 +409,12 @@ def test_the_first_hidden_norm_tells_every_mistake_apart() -> None:
         assert _distinct(values), seed
 
 
+def _module_with(norm: nn.Module, x, weight):
+    norm = norm.to(x.dtype)
+    norm.weight.data = weight.detach()
+    return norm(x)
+
+
 def test_norms_by_torch_tutorlib_or_hugging_face_are_refused() -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -433,6 +439,8 @@ def test_norms_by_torch_tutorlib_or_hugging_face_are_refused() -> None:
         lambda x, w, eps=1e-6: torch.rms_norm(x, w.shape, w, eps),
         lambda x, w, eps=1e-6: nn.RMSNorm(w.shape, eps).to(x.dtype)(x) * w,
         lambda x, w, eps=1e-6: layers.rms_norm(x, w.shape, w, eps),
+        lambda x, w, eps=1e-6: _module_with(layers.RMSNorm(x.shape[-1], eps), x, w),
+        lambda x, w, eps=1e-6: layers._RMSNormFunction.apply(x, w, eps),  # the fast module path
         lambda x, w, eps=1e-6: copy(x, w.shape, w, eps),
         lambda x, w, eps=1e-6: checks._rms_variant(x, w, eps, ""),
         llama,

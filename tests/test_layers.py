@@ -72,6 +72,26 @@ def test_rms_norm_equals_torch(eps) -> None:
         rms_norm(x, (7,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rms_norm_module_gradient_written_out_equals_torch(dtype) -> None:
+    norm = RMSNorm(8, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(3, 5, 8) * 2 + 0.5).to(dtype).requires_grad_()
+    g = torch.randn(3, 5, 8).to(dtype)
+    ours = norm(x)
+    theirs = F.rms_norm(x, (8,), norm.weight, 1e-5)
+    torch.testing.assert_close(ours, theirs)
+    ours_grads = torch.autograd.grad(ours, (x, norm.weight), g)
+    theirs_grads = torch.autograd.grad(theirs, (x, norm.weight), g)
+    for a, b in zip(ours_grads, theirs_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    if dtype == torch.float64:
+        from tutorlib.layers import _RMSNormFunction
+
+        assert torch.autograd.gradcheck(_RMSNormFunction.apply, (x, norm.weight, 1e-5))
+
+
 def test_swiglu_is_a_gated_unit() -> None:
     ff = SwiGLU(8, 12).double()
     assert ff.gate_proj.bias is None

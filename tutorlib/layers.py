@@ -141,10 +141,37 @@ def rms_norm(
     return out if weight is None else out * weight
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """RMS normalization over the last dimension with its backward pass written out.
+
+    With x_hat = x r, r = 1 / sqrt(mean(x^2) + eps) and g = grad * weight, the gradient is
+    dx = r (g - x_hat mean(g x_hat)): one line instead of the dozen operations autograd records
+    for `F.rms_norm`, which torch 2.13 runs on a CPU as separate operations. It makes the
+    training step of a Llama-style model measurably faster; tests/test_layers.py checks it
+    against `F.rms_norm` (values and gradients) and with `torch.autograd.gradcheck`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)  # (..., 1): 1 / RMS
+        ctx.save_for_backward(x, weight, r)
+        return x * r * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x, weight, r = ctx.saved_tensors
+        x_hat = x * r  # (..., C): the normalized input
+        g = grad * weight  # (..., C): the gradient with respect to x_hat
+        dx = r * (g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+        dweight = (grad * x_hat).reshape(-1, x.shape[-1]).sum(0)  # (C,)
+        return dx, dweight, None
+
+
 class RMSNorm(nn.Module):
     """RMS normalization with a learned gain; a drop-in for `nn.RMSNorm(C, eps)`.
 
-    The forward calls torch's fused `F.rms_norm`, checked against `rms_norm` in the tests.
+    In float32 and float64 the forward runs `_RMSNormFunction` (the gradient written out, for
+    speed); in other dtypes torch's `F.rms_norm`. Both are checked against `rms_norm`.
 
     Shapes:
         x (..., C)  ->  (..., C)
@@ -158,6 +185,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.float32, torch.float64) and x.dtype == self.weight.dtype:
+            return _RMSNormFunction.apply(x, self.weight, self.eps)
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 

@@ -147,6 +147,8 @@ def _collect(obj: Any, codes: dict, builtins: dict, label: str | None = None) ->
     label = label or _label(obj)
     if isinstance(obj, type):
         for name, member in vars(obj).items():
+            if isinstance(member, type):
+                continue  # a class attribute that is a class (autograd's _backward_cls ...)
             if not (name.startswith("__") and name.endswith("__")) or name in (
                 "__init__",
                 "__call__",

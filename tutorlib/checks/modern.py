@@ -316,6 +316,7 @@ RMS_FORBIDDEN = Forbidden(
     python=(
         layers.rms_norm,
         layers.RMSNorm,
+        layers._RMSNormFunction,  # RMSNorm's float32/float64 path, its gradient written out
         layers.layer_norm,
         layers.LayerNorm,
         layers.make_norm,
