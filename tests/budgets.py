@@ -54,6 +54,9 @@ LONG_PAGES = {
     "book/06_generative/04_pixels.md": 150,
     # Runs all-MiniLM-L6-v2 over 1,834 docstrings on the CPU, then trains three classifiers.
     "book/06_generative/05_pretrained.md": 120,
+    # Trains the ladder from the 2017 block to the Llama-style block (seven small GPTs) and the
+    # 2017 block with two more seeds for the noise, 300 steps each, then times a step of each.
+    "book/06_generative/07_modern_decoder.md": 150,
 }
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"

@@ -46,6 +46,9 @@ CEILINGS = {
     "book/06_generative/01_gpt.md": [
         (r"validation loss: ([0-9.]+) nats per character", 2.0),
     ],
+    "book/06_generative/07_modern_decoder.md": [
+        (r"max \|logits difference\| vs LlamaForCausalLM: ([0-9.e+-]+)", 1e-4),
+    ],
     "book/06_generative/05_pretrained.md": [
         (r"max \|difference\| vs sentence-transformers: ([0-9.e+-]+)", 1e-4),
         (r"max \|difference\| vs transformers \(BertModel token states\): ([0-9.e+-]+)", 1e-4),

@@ -43,6 +43,29 @@ def test_parameter_count_matches_the_models(kind, tie, norm_first, positional) -
     assert parameter_count(config, kind) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(norm="rms"),
+        dict(feed_forward="swiglu"),
+        dict(n_kv_heads=1),
+        dict(bias=False),
+        dict(positional="rotary", norm_first=True, norm="rms", feed_forward="swiglu",
+             n_kv_heads=2, bias=False),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder-decoder"])
+def test_parameter_count_knows_the_modern_options(options, kind) -> None:
+    if kind == "encoder-decoder" and options.get("positional") == "rotary":
+        pytest.skip("the encoder-decoder has no rotary positions")
+    options = {"norm_first": True, **options}
+    config = TransformerConfig(
+        vocab_size=37, context_length=20, d_model=24, n_heads=4, n_layers=2, d_ff=40, **options
+    )
+    model = MODELS[kind](config)
+    assert parameter_count(config, kind) == sum(p.numel() for p in model.parameters())
+
+
 def test_forward_flops_match_torch_flop_counter() -> None:
     """torch counts the matrix products of the linear maps; attention's products are counted
     on tutorlib's written-out attention."""

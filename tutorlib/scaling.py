@@ -40,19 +40,33 @@ def _check(config: TransformerConfig, kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+def _norm_parameters(config: TransformerConfig) -> int:
+    """One norm: gain and bias (LayerNorm), gain only (RMSNorm, or LayerNorm without biases)."""
+    return config.d_model if config.norm == "rms" or not config.bias else 2 * config.d_model
+
+
 def layer_parameter_count(config: TransformerConfig, cross_attention: bool = False) -> int:
     """Parameters of one layer: attention 4C^2 + 4C (Q, K, V and output maps with biases),
     feed-forward 2CF + F + C, and 2C per layer norm; a decoder layer of an encoder-decoder
     (`cross_attention=True`) has a second attention block and a third norm.
 
-    Book: Chapter 4, Scaling.
+    The modern options change the terms: with H_kv key-value heads of width D the key and value
+    maps are C x H_kv D each (grouped-query attention); SwiGLU has three C x F matrices; RMSNorm
+    has a gain only; `bias=False` drops every bias (of the linear maps and the norms).
+
+    Book: Chapter 4, Scaling; 6.7 The modern decoder.
     """
-    C, F = config.d_model, config.d_ff
-    attention = 4 * C * C + 4 * C
-    feed_forward = 2 * C * F + F + C
+    C, F, b = config.d_model, config.d_ff, int(config.bias)
+    kv = (config.n_kv_heads or config.n_heads) * config.head_dim  # width of W^K and of W^V
+    attention = 2 * C * C + 2 * C * kv + b * (2 * C + 2 * kv)
+    if config.feed_forward == "swiglu":
+        feed_forward = 3 * C * F + b * (2 * F + C)
+    else:
+        feed_forward = 2 * C * F + b * (F + C)
+    norm = _norm_parameters(config)
     if cross_attention:
-        return 2 * attention + feed_forward + 3 * 2 * C
-    return attention + feed_forward + 2 * 2 * C
+        return 2 * attention + feed_forward + 3 * norm
+    return attention + feed_forward + 2 * norm
 
 
 def parameter_count(config: TransformerConfig, kind: str = "decoder") -> int:
@@ -60,15 +74,15 @@ def parameter_count(config: TransformerConfig, kind: str = "decoder") -> int:
     `DecoderOnly` ("decoder") built from `config`, by formula.
 
     Embeddings: V C per token table (one shared table when `tie_weights`), plus a learned
-    position table of context_length * C; the output projection adds V C unless tied; a
-    pre-norm stack ends with one more norm (2C).
+    position table of context_length * C (none for sinusoidal or rotary positions); the output
+    projection adds V C unless tied; a pre-norm stack ends with one more norm.
 
     Book: Chapter 4, Scaling.
     """
     _check(config, kind)
     C, V, L = config.d_model, config.vocab_size, config.n_layers
     positions = config.context_length * C if config.positional == "learned" else 0
-    final_norm = 2 * C if config.norm_first else 0
+    final_norm = _norm_parameters(config) if config.norm_first else 0
     stack = L * layer_parameter_count(config) + final_norm
     if kind != "encoder-decoder":
         tables = V * C if config.tie_weights else 2 * V * C  # embedding (+ untied output)
