@@ -384,6 +384,7 @@ class MultiHeadAttention(nn.Module):
     asked for; without them the fused kernel runs.
 
     The options of modern decoders (6.7):
+
     - `n_kv_heads` < `n_heads`: grouped-query attention (`grouped_query_attention`); the
       stacked `in_proj_weight` is then [W^Q; W^K; W^V] with (H + 2 H_kv) D rows.
     - `bias=False`: no biases in the projections (Llama, PaLM).
