@@ -261,7 +261,7 @@ class Scripted(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.x, self.end, self.stops = tokenizer.encode("x")[0], tokenizer.end_id, stops
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: object = None) -> torch.Tensor:
         logits = torch.zeros(*tokens.shape, self.config.vocab_size)
         logits[..., self.x] = 1.0
         if self.stops:

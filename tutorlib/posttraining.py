@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tutorlib.attention import KVCache
 from tutorlib.corpus import corpus_text
 from tutorlib.data import DATE_FORMATS, FIRST_DATE, LAST_DATE, format_date
 from tutorlib.generation import _cached_gpt, _gpt_cache_path, _pick_device, docstring_gpt
@@ -460,53 +461,48 @@ def answer(
     model: DecoderOnly,
     tokenizer: ChatTokenizer,
     instructions: Sequence[str],
-    max_new_tokens: int = 24,
-    batch_size: int = 256,
+    max_new_tokens: int = 16,
     keep_end: bool = False,
 ) -> list[str]:
     """The model's greedy responses to `instructions`, each up to `<|end|>` (left out, unless
     `keep_end`) or `max_new_tokens` (or the end of the context).
 
-    The prompts, of different lengths, are padded on the right; every step runs the model on
-    the whole batch and reads each row's logits at its own last position (no cache: a causal
-    model's padding after a position does not change it).
+    Prompts of the same length run as one batch with a KV cache (`tutorlib.attention.KVCache`):
+    the prefill, then one token per step.
 
     Book: 6.9 Instruction tuning.
     """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     context = model.config.context_length
-    out: list[str] = []
-    for first in range(0, len(instructions), batch_size):
-        prompts = [
-            tokenizer.encode_chat(text)[0] for text in instructions[first : first + batch_size]
-        ]
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
-        if int(lengths.max()) >= context:
-            raise ValueError(f"a prompt of {int(lengths.max())} tokens leaves no room in {context}")
-        width = min(context, int(lengths.max()) + max_new_tokens)
-        tokens = torch.full(
-            (len(prompts), width), tokenizer.pad_id, dtype=torch.long, device=device
-        )
-        for row, ids in enumerate(prompts):
-            tokens[row, : len(ids)] = torch.tensor(ids)
-        rows = torch.arange(len(prompts), device=device)
-        start = lengths.clone()
-        limit = (start + max_new_tokens).clamp(max=width)  # (B,): each row's last length
-        done = lengths >= limit
-        while not done.all():
-            logits = model(tokens[:, : int(lengths.max())])  # (B, t, V)
-            nxt = logits[rows, lengths - 1].argmax(dim=-1)  # (B,)
-            live = ~done
-            tokens[rows[live], lengths[live]] = nxt[live]
-            lengths = torch.where(live, lengths + 1, lengths)
-            done |= (live & (nxt == tokenizer.end_id)) | (lengths >= limit)
-        for row in range(len(prompts)):
-            ids = tokens[row, start[row] : lengths[row]].tolist()
-            if ids and ids[-1] == tokenizer.end_id and not keep_end:
-                ids = ids[:-1]
-            out.append(tokenizer.decode(ids))
+    prompts = [tokenizer.encode_chat(text)[0] for text in instructions]
+    groups: dict[int, list[int]] = {}
+    for index, ids in enumerate(prompts):
+        if len(ids) >= context:
+            raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in {context}")
+        groups.setdefault(len(ids), []).append(index)
+    out = [""] * len(prompts)
+    for length, indices in groups.items():
+        cache = KVCache()
+        logits = model(torch.tensor([prompts[i] for i in indices], device=device), cache=cache)
+        done = torch.zeros(len(indices), dtype=torch.bool, device=device)
+        steps = []
+        for step in range(min(max_new_tokens, context - length)):
+            nxt = logits[:, -1].argmax(dim=-1)  # (G,)
+            steps.append(nxt)
+            done |= nxt == tokenizer.end_id
+            if done.all() or step == min(max_new_tokens, context - length) - 1:
+                break
+            logits = model(nxt[:, None], cache=cache)  # (G, 1, V)
+        generated = torch.stack(steps, dim=1).tolist()  # (G, steps)
+        for row, index in enumerate(indices):
+            ids = generated[row]
+            if tokenizer.end_id in ids:
+                ids = ids[: ids.index(tokenizer.end_id) + (1 if keep_end else 0)]
+            out[index] = tokenizer.decode(ids)
     model.train(was_training)
     return out
 
