@@ -57,6 +57,9 @@ LONG_PAGES = {
     # Trains the ladder from the 2017 block to the Llama-style block (seven small GPTs) and the
     # 2017 block with two more seeds for the noise, 300 steps each, then times a step of each.
     "book/06_generative/07_modern_decoder.md": 150,
+    # Fine-tunes the chapter's GPT twice, 600 steps each: on the responses (the model pages 6.10
+    # and 6.11 start from, kept in the cache) and on every token, for the comparison.
+    "book/06_generative/09_instruction_tuning.md": 180,
 }
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 
@@ -17,15 +18,19 @@ from tutorlib.posttraining import (
     TASKS,
     ChatTokenizer,
     Instruction,
+    PreferencePair,
     answer,
     chat_batch,
     dpo_loss,
     exact_match,
     extend_vocabulary,
     instruction_data,
+    pair_logprobs,
+    preference_pairs,
     response_mask,
     sequence_logprob,
     sft_loss,
+    train_dpo,
     train_sft,
     unseen_phrasings,
 )
@@ -297,3 +302,32 @@ def test_train_sft_moves_only_the_trainable_parameters(tokenizer: ChatTokenizer)
     with pytest.raises(ValueError, match="requires a gradient"):
         trainable.requires_grad_(False)
         train_sft(model, tokenizer, train, 1, 1e-2)
+
+
+# --- preferences ------------------------------------------------------------------------------
+
+
+def test_preference_pairs_prefer_the_right_answer_to_a_wrong_one(tokenizer) -> None:
+    examples = [Instruction("upper", "Uppercase 'x'.", "x"), Instruction("upper", "Hi", "X")]
+    pairs = preference_pairs(Scripted(tokenizer, True), tokenizer, examples, temperature=0.01)
+    # the model always answers "x": right for the first (no pair), wrong for the second
+    assert pairs == [PreferencePair("upper", "Hi", "X", "x")]
+    # an answer cut off by the budget is not one the model gave: no pair from it
+    assert preference_pairs(Scripted(tokenizer, False), tokenizer, examples, temperature=0.01) == []
+
+
+def test_train_dpo_learns_the_preferences_and_leaves_the_reference_alone(tokenizer) -> None:
+    reference = tiny_model(tokenizer.vocab_size, seed=3)
+    policy = copy.deepcopy(reference)
+    frozen = copy.deepcopy(reference.state_dict())
+    pairs = [PreferencePair("t", "ab", "c", "d"), PreferencePair("t", "ef", "gh", "g")]
+    with torch.no_grad():
+        c0, r0 = pair_logprobs(policy, tokenizer, pairs)
+    history = train_dpo(policy, reference, tokenizer, pairs, 30, 1e-2, beta=0.5, batch_size=2)
+    assert set(history) == {"loss", "accuracy", "margin"} and len(history["loss"]) == 30
+    assert math.isclose(history["loss"][0], math.log(2), rel_tol=1e-4)  # policy = reference
+    assert history["loss"][-1] < 0.3 and history["accuracy"][-1] == 1.0
+    with torch.no_grad():
+        c1, r1 = pair_logprobs(policy, tokenizer, pairs)
+    assert ((c1 - r1) > (c0 - r0)).all()
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in frozen.items())

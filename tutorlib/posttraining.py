@@ -43,6 +43,7 @@ __all__ = [
     "TASKS",
     "ChatTokenizer",
     "Instruction",
+    "PreferencePair",
     "answer",
     "base_chat_model",
     "chat_batch",
@@ -50,10 +51,13 @@ __all__ = [
     "exact_match",
     "extend_vocabulary",
     "instruction_data",
+    "pair_logprobs",
+    "preference_pairs",
     "response_mask",
     "sequence_logprob",
     "sft_loss",
     "sft_model",
+    "train_dpo",
     "train_sft",
     "unseen_phrasings",
 ]
@@ -432,14 +436,14 @@ def train_sft(
     if not parameters:
         raise ValueError("no parameter of the model requires a gradient")
     generator = torch.Generator().manual_seed(seed)
-    # Pad every batch to the longest example, so that batches have one shape.
     tokens, prompt_lengths, lengths = chat_batch(tokenizer, train, device)
 
     def make_batch() -> tuple[Tensor, tuple[Tensor, Tensor]]:
         rows = torch.randint(len(train), (batch_size,), generator=generator).to(device)
-        start = torch.ones_like(prompt_lengths[rows]) if not mask_prompt else prompt_lengths[rows]
-        mask = response_mask(start, lengths[rows], tokens.shape[1])
-        return tokens[rows], (tokens[rows], mask)
+        width = int(lengths[rows].max())  # padded to the batch's longest example
+        start = prompt_lengths[rows] if mask_prompt else torch.ones_like(prompt_lengths[rows])
+        mask = response_mask(start, lengths[rows], width)  # (b, width)
+        return tokens[rows, :width], (tokens[rows, :width], mask)
 
     optimizer = torch.optim.AdamW(parameters, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     return fit(
@@ -463,9 +467,12 @@ def answer(
     instructions: Sequence[str],
     max_new_tokens: int = 16,
     keep_end: bool = False,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> list[str]:
-    """The model's greedy responses to `instructions`, each up to `<|end|>` (left out, unless
-    `keep_end`) or `max_new_tokens` (or the end of the context).
+    """The model's responses to `instructions`, each up to `<|end|>` (left out, unless
+    `keep_end`) or `max_new_tokens` (or the end of the context): greedy at temperature 0,
+    sampled from softmax(logits / temperature) otherwise (with `generator`, on the CPU).
 
     Prompts of the same length run as one batch with a KV cache (`tutorlib.attention.KVCache`):
     the prefill, then one token per step.
@@ -474,6 +481,8 @@ def answer(
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, float | int) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -491,7 +500,11 @@ def answer(
         done = torch.zeros(len(indices), dtype=torch.bool, device=device)
         steps = []
         for step in range(min(max_new_tokens, context - length)):
-            nxt = logits[:, -1].argmax(dim=-1)  # (G,)
+            if temperature == 0:
+                nxt = logits[:, -1].argmax(dim=-1)  # (G,)
+            else:
+                probs = F.softmax(logits[:, -1].float().cpu() / temperature, dim=-1)  # (G, V)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0].to(device)
             steps.append(nxt)
             done |= nxt == tokenizer.end_id
             if done.all() or step == min(max_new_tokens, context - length) - 1:
@@ -522,6 +535,9 @@ def exact_match(
     return {task: sum(r) / len(r) for task, r in right.items()}
 
 
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+"""A digest of this module's source as imported: part of the cache key of `sft_model`."""
+
 SFT_TRAINING = dict(n_train=4000, steps=600, lr=3e-3, batch_size=32)
 """Page 6.9's fine-tuning: 4,000 generated instructions, 600 steps of 32 at a peak rate of 3e-3."""
 
@@ -548,11 +564,151 @@ def sft_model(
         )  # fmt: skip
         return model.eval(), history
 
-    path = _gpt_cache_path(device, "sft_gpt", (recipe, ROLE_TOKENS, _sources()))
+    path = _gpt_cache_path(device, "sft_gpt", (recipe, ROLE_TOKENS, _SOURCE))
     model, history = _cached_gpt(path, device, tokenizer.vocab_size, train)
     return model, tokenizer, history
 
 
-def _sources() -> str:
-    """A digest of this module's source: part of the cache key of the models it trains."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+# --- Preferences ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """An instruction with a preferred (chosen) and a dispreferred (rejected) response."""
+
+    task: str
+    instruction: str
+    chosen: str
+    rejected: str
+
+
+def preference_pairs(
+    model: DecoderOnly,
+    tokenizer: ChatTokenizer,
+    examples: Sequence[Instruction],
+    samples: int = 4,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[PreferencePair]:
+    """Preference pairs that a rule decides: for each example, sample `samples` responses from
+    `model`; if one is wrong, the right response is preferred to the first wrong one.
+
+    Only answers that end with `<|end|>` count (an answer cut off at the budget of tokens is
+    not one the model gave). An example the model always gets right gives no pair: there is
+    nothing to prefer.
+
+    Book: 6.11 Preference optimisation.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [e.instruction for e in examples for _ in range(samples)]
+    responses = answer(
+        model, tokenizer, prompts, temperature=temperature, generator=generator, keep_end=True
+    )
+    end = ROLE_TOKENS[2]
+    pairs = []
+    for i, example in enumerate(examples):
+        ended = [
+            r[: -len(end)] for r in responses[i * samples : (i + 1) * samples] if r.endswith(end)
+        ]
+        # a role token inside an answer would be read back as characters: leave such out
+        wrong = [r for r in ended if r != example.response and not any(t in r for t in ROLE_TOKENS)]
+        if wrong:
+            pairs.append(
+                PreferencePair(example.task, example.instruction, example.response, wrong[0])
+            )
+    return pairs
+
+
+def _pair_batch(
+    tokenizer: ChatTokenizer, pairs: Sequence[PreferencePair], which: str, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Tokens (B, T) of the instructions with their chosen or rejected responses, and the
+    response mask (B, T)."""
+    examples = [Instruction(p.task, p.instruction, getattr(p, which)) for p in pairs]
+    tokens, prompt_lengths, lengths = chat_batch(tokenizer, examples, device)
+    return tokens, response_mask(prompt_lengths, lengths, tokens.shape[1])
+
+
+def pair_logprobs(
+    model: DecoderOnly, tokenizer: ChatTokenizer, pairs: Sequence[PreferencePair]
+) -> tuple[Tensor, Tensor]:
+    """The log-probabilities of the chosen and of the rejected responses under `model` (each
+    with its `<|end|>`), with gradients if the caller allows them.
+
+    Shapes:
+        N pairs  ->  chosen (N,), rejected (N,)
+
+    Book: 6.11 Preference optimisation.
+    """
+    if not pairs:
+        raise ValueError("pairs is empty")
+    device = next(model.parameters()).device
+    out = []
+    for which in ("chosen", "rejected"):
+        tokens, mask = _pair_batch(tokenizer, pairs, which, device)
+        out.append(sequence_logprob(model(tokens), tokens, mask))  # (N,)
+    return out[0], out[1]
+
+
+def train_dpo(
+    policy: DecoderOnly,
+    reference: DecoderOnly,
+    tokenizer: ChatTokenizer,
+    pairs: Sequence[PreferencePair],
+    steps: int,
+    lr: float,
+    beta: float,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    nll_weight: float = 0.0,
+) -> dict[str, list[float]]:
+    """Train `policy` with `dpo_loss` on `pairs`; `reference` stays frozen.
+
+    `nll_weight` adds that multiple of the chosen responses' negative log-likelihood per token
+    (`sft_loss` on them), as Pang et al. (2024) do, which keeps the preferred responses'
+    probability from falling with the rejected ones'.
+
+    The reference's log-probabilities are computed once. AdamW, a short warm-up, then a
+    constant rate. Returns per step "loss", "accuracy" (the share of the batch's pairs whose
+    implicit reward beta * (log pi - log ref) is higher for the chosen response) and
+    "margin" (the mean difference of the two rewards).
+
+    Book: 6.11 Preference optimisation.
+    """
+    if not isinstance(steps, int) or steps < 1 or not lr > 0:
+        raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps!r}, lr={lr!r}")
+    device = next(policy.parameters()).device
+    with torch.no_grad():
+        reference.eval()
+        ref_chosen, ref_rejected = pair_logprobs(reference, tokenizer, pairs)  # (N,), (N,)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "margin": []}
+    policy.train()
+    for step in range(steps):
+        rows = torch.randint(len(pairs), (batch_size,), generator=generator)
+        batch = [pairs[i] for i in rows]
+        tokens, mask = _pair_batch(tokenizer, batch, "chosen", device)
+        logits = policy(tokens)  # (b, T, V)
+        chosen = sequence_logprob(logits, tokens, mask)  # (b,)
+        tokens_r, mask_r = _pair_batch(tokenizer, batch, "rejected", device)
+        rejected = sequence_logprob(policy(tokens_r), tokens_r, mask_r)  # (b,)
+        rows = rows.to(device)
+        loss = dpo_loss(chosen, rejected, ref_chosen[rows], ref_rejected[rows], beta)
+        if nll_weight:
+            loss = loss + nll_weight * sft_loss(logits, tokens, mask)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            margin = beta * ((chosen - ref_chosen[rows]) - (rejected - ref_rejected[rows]))
+        history["loss"].append(loss.item())
+        history["accuracy"].append((margin > 0).float().mean().item())
+        history["margin"].append(margin.mean().item())
+    policy.eval()
+    return history
