@@ -34,6 +34,8 @@ def _off(value):
         return value + 7
     if isinstance(value, float):
         return value * 1.01 + 0.013
+    if isinstance(value, str):
+        return value + " "
     if isinstance(value, tuple):
         return (_off(value[0]), *value[1:]) if value else (1, 2)
     if isinstance(value, list):

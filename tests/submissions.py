@@ -103,6 +103,8 @@ class RoundTrip:
     hidden_only: dict[str, str] | None = None
     # grade_id in mistake_notebook -> a right answer that also patches the testing machinery
     tamper: dict[str, str] | None = None
+    # grade_ids of the assignment's other hand-graded answers (in its other notebooks)
+    also_written: tuple[str, ...] = ()
 
 
 ROUND_TRIPS = {
@@ -148,6 +150,7 @@ ROUND_TRIPS = {
         failing_test="test_causal_lm_loss",
         diagnosis="Likely mistake: the targets are not shifted",
         written="sampling_and_repetition",
+        also_written=("dpo_reference",),  # 04_post_training
         hidden_only={"causal_lm_loss": CAUSAL_LM_LOSS_VISIBLE_ONLY},
         tamper={"causal_lm_loss": CAUSAL_LM_LOSS_TAMPERED},
     ),

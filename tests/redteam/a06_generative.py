@@ -948,3 +948,417 @@ CASES += [
         lose={"test_gqa_cached_step": "differs from the expected values"},
     ),
 ]
+
+# --- 04_post_training -------------------------------------------------------------------------
+
+PT = "04_post_training"
+
+# right answers, written differently
+
+PROMPT_JOINED = """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if not arrow or not separator or arrow == separator:
+        raise ValueError("the arrow and the separator must differ and not be empty")
+    if not isinstance(query, str):
+        raise TypeError("the query must be a str")
+    lines = []
+    for example in examples:
+        if not isinstance(example, (tuple, list)) or len(example) != 2:
+            raise TypeError("an example is a pair")
+        if not all(isinstance(text, str) for text in example):
+            raise TypeError("an example is a pair of str")
+        lines.append(arrow.join(example))
+    for text in [query, *(t for e in examples for t in e)]:
+        if arrow in text or separator in text:
+            raise ValueError(f"{text!r} is ambiguous")
+    return separator.join([*lines, query + arrow])
+"""
+
+MASK_LOOPS = """
+def response_mask(prompt_lengths, lengths, length):
+    mask = torch.zeros(len(lengths), length, dtype=torch.bool)
+    for b, (start, end) in enumerate(zip(prompt_lengths.tolist(), lengths.tolist())):
+        mask[b, start:end] = True
+    return mask
+"""
+
+SFT_IGNORE_INDEX = """
+def sft_loss(logits, tokens, mask):
+    targets = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
+"""
+
+LORA_PEFT_STYLE = """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        down = nn.Linear(base.in_features, rank, bias=False, dtype=base.weight.dtype)
+        self.lora_A = down.weight  # kaiming-uniform, as nn.Linear initialises it
+        self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, rank))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def merge(self):
+        merged = nn.Linear(
+            self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+            dtype=self.base.weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(torch.addmm(self.base.weight, self.lora_B, self.lora_A,
+                                            alpha=self.scaling))
+            if self.base.bias is not None:
+                merged.bias.copy_(self.base.bias)
+        return merged
+"""
+
+DPO_SOFTPLUS = """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    z = beta * ((policy_chosen - policy_rejected) - (reference_chosen - reference_rejected))
+    return F.softplus(-z).mean()  # -log sigmoid(z)
+"""
+
+# typical mistakes
+
+PROMPT_NO_LAST_SEPARATOR = """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    return separator.join(f"{x}{arrow}{y}" for x, y in examples) + query + arrow
+"""
+
+PROMPT_TRAILING_SEPARATOR = """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if not isinstance(query, str) or not all(type(t) is str for e in examples for t in e):
+        raise TypeError("strings")
+    if not arrow or not separator or arrow == separator:
+        raise ValueError("arrow and separator")
+    if any(arrow in t or separator in t for t in [query, *(t for e in examples for t in e)]):
+        raise ValueError("ambiguous")
+    return separator.join([x + arrow + y for x, y in examples]) + separator + query + arrow
+"""
+
+MASK_WITH_ASSISTANT = """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)
+    return (t >= prompt_lengths[:, None] - 1) & (t < lengths[:, None])
+"""
+
+MASK_NO_END = """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)
+    return (t >= prompt_lengths[:, None]) & (t < lengths[:, None] - 1)
+"""
+
+SFT_UNSHIFTED = """
+def sft_loss(logits, tokens, mask):
+    return F.cross_entropy(logits[mask], tokens[mask])
+"""
+
+SFT_SEQUENCE_MEANS = """
+def sft_loss(logits, tokens, mask):
+    means = []
+    for b in range(logits.shape[0]):
+        keep = mask[b, 1:]
+        means.append(F.cross_entropy(logits[b, :-1][keep], tokens[b, 1:][keep]))
+    return torch.stack(means).mean()
+"""
+
+
+def _lora_with(init_b: str, merge: str, scaling: str = "alpha / rank") -> str:
+    return f"""
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        like = dict(dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter({init_b})
+        self.scaling = {scaling}
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+{merge}
+"""
+
+
+ZEROS_B = "torch.zeros(base.out_features, rank, **like)"
+NEW_LAYER = """        merged = nn.Linear(self.base.in_features, self.base.out_features,
+                           bias=self.base.bias is not None, dtype=self.base.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
+            if self.base.bias is not None:
+                merged.bias.copy_(self.base.bias)
+        return merged"""
+IN_PLACE = """        with torch.no_grad():
+            self.base.weight += self.scaling * self.lora_B @ self.lora_A
+        return self.base"""
+LORA_SCALED_BY_ALPHA = _lora_with(ZEROS_B, NEW_LAYER, scaling="alpha")
+LORA_MERGED_IN_PLACE = _lora_with(ZEROS_B, IN_PLACE)
+
+DPO_SWAPPED = """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_rejected - reference_rejected) - (policy_chosen - reference_chosen)
+    return -F.logsigmoid(beta * margin).mean()
+"""
+
+DPO_LOG_SIGMOID = """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -torch.log(torch.sigmoid(beta * margin)).mean()
+"""
+
+# exploits
+
+DPO_ALIAS = """
+from tutorlib.posttraining import dpo_loss as preference_loss
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    return preference_loss(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta
+    )
+"""
+
+SFT_PRIVATE_ENTRY = """
+from tutorlib.posttraining import _token_logprobs
+
+
+def sft_loss(logits, tokens, mask):
+    return -_token_logprobs(logits, tokens)[mask[:, 1:]].mean()
+"""
+
+LORA_SUBCLASS = """
+from tutorlib.adapters import LoRALinear as _Reference
+
+
+class LoRALinear(_Reference):
+    pass
+"""
+
+LORA_RUNPY = """
+import runpy
+
+import tutorlib.adapters
+
+LoRALinear = runpy.run_path(tutorlib.adapters.__file__)["LoRALinear"]  # a copy of the class
+"""
+
+MASK_BY_PADDING_MASKS = """
+from tutorlib.attention import padding_mask
+
+
+def response_mask(prompt_lengths, lengths, length):
+    return padding_mask(lengths, length) & ~padding_mask(prompt_lengths, length)
+"""
+
+MASK_MISTAKE_BUILDER = """
+def response_mask(prompt_lengths, lengths, length):
+    return checks._mask(prompt_lengths, lengths, length)  # the checks' own mask
+"""
+
+MASK_PATCHES_THE_CHECK = (
+    MASK_NO_END
+    + """
+
+checks.check_response_mask = lambda *args, **kwargs: print("OK: response_mask passes the tests.")
+"""
+)
+
+DPO_GETATTR = """
+import tutorlib.posttraining
+
+_loss = getattr(tutorlib.posttraining, "dpo" + "_loss")
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    return _loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+"""
+
+MASK_VISIBLE_ONLY = """
+_KNOWN = {((4, 3), (7, 5), 8): torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]])}
+
+
+def response_mask(prompt_lengths, lengths, length):
+    key = (tuple(prompt_lengths.tolist()), tuple(lengths.tolist()), length)
+    known = _KNOWN.get(key)  # the worked example's answer, else nothing
+    if known is None:
+        return torch.zeros(len(lengths), length, dtype=torch.bool)
+    return known.bool()
+"""
+
+SFT_SPIES_ON_THE_CHECK = """
+from tutorlib.posttraining import sft_loss as _reference
+
+_answers = {}
+_asked = []
+
+
+def _spy(logits, tokens, mask):
+    key = tuple(logits.detach().flatten().tolist())
+    _asked.append((key, logits.detach(), tokens, mask))
+    return _answers.get(key, logits.sum() * 0)
+
+
+for _ in range(10):  # each run of the check gets other inputs
+    for _hidden in (False, True):
+        try:
+            checks.check_sft_loss(_spy, hidden=_hidden)
+        except Exception:
+            pass
+    for _key, _logits, _tokens, _mask in _asked:
+        _answers[_key] = _reference(_logits, _tokens, _mask).double()  # outside the check
+    _asked.clear()
+
+sft_loss = _spy
+"""
+
+CASES += [
+    Case(
+        "variants-post-training",
+        "correct",
+        PT,
+        {
+            "few_shot_prompt": PROMPT_JOINED,
+            "response_mask": MASK_LOOPS,
+            "sft_loss": SFT_IGNORE_INDEX,
+            "lora_linear": LORA_PEFT_STYLE,
+            "dpo_loss": DPO_SOFTPLUS,
+        },
+        "the prompt as joined lines; the mask by slices in a loop; targets masked with "
+        "ignore_index; the adapter's A taken from a bias-free nn.Linear and merged by addmm; "
+        "the DPO loss as a softplus",
+    ),
+    Case(
+        "mistakes-post-training",
+        "mistake",
+        PT,
+        {
+            "few_shot_prompt": PROMPT_NO_LAST_SEPARATOR,
+            "response_mask": MASK_WITH_ASSISTANT,
+            "sft_loss": SFT_UNSHIFTED,
+            "lora_linear": LORA_SCALED_BY_ALPHA,
+            "dpo_loss": DPO_SWAPPED,
+        },
+        "no separator before the query; <|assistant|> in the response; the loss not shifted; "
+        "the adapter scaled by alpha; chosen and rejected swapped",
+        lose={
+            "test_few_shot_prompt": "the separator between the last example and the query",
+            "test_response_mask": "the mask starts one position early, at <|assistant|>",
+            "test_sft_loss": "the targets are not shifted",
+            "test_lora_linear": "the scaling is alpha / rank, not alpha",
+            "test_dpo_loss": "the sign is flipped (chosen and rejected swapped)",
+        },
+    ),
+    Case(
+        "mistakes-post-training-edges",
+        "mistake",
+        PT,
+        {
+            "few_shot_prompt": PROMPT_TRAILING_SEPARATOR,
+            "response_mask": MASK_NO_END,
+            "sft_loss": SFT_SEQUENCE_MEANS,
+            "lora_linear": LORA_MERGED_IN_PLACE,
+            "dpo_loss": DPO_LOG_SIGMOID,
+        },
+        "a separator before the query with no examples; <|end|> left out of the response; the "
+        "mean of the sequences' means; merge() folding the update into the base in place; "
+        "-log(sigmoid(z)), which overflows (hidden tests only)",
+        lose={
+            "test_few_shot_prompt": "with no examples the prompt is query + arrow alone",
+            "test_response_mask": "the mask stops one position early",
+            "test_sft_loss": "this is the mean of each sequence's mean",
+            "test_lora_linear": "merge changed the layer it was called on",
+            "test_dpo_loss": "overflows",
+        },
+    ),
+    Case(
+        "alias-dpo",
+        "exploit",
+        PT,
+        {"dpo_loss": DPO_ALIAS},
+        "the reference under another name (tutorlib.posttraining.dpo_loss as ...)",
+        lose={"test_dpo_loss": NOT_ALLOWED},
+    ),
+    Case(
+        "private-entry-sft",
+        "exploit",
+        PT,
+        {"sft_loss": SFT_PRIVATE_ENTRY},
+        "the reference's private helper (tutorlib.posttraining._token_logprobs)",
+        lose={"test_sft_loss": NOT_ALLOWED},
+        flagged=("sft_loss",),
+    ),
+    Case(
+        "subclass-lora",
+        "exploit",
+        PT,
+        {"lora_linear": LORA_SUBCLASS},
+        "a subclass of tutorlib.adapters.LoRALinear that adds nothing",
+        lose={"test_lora_linear": NOT_ALLOWED},
+    ),
+    Case(
+        "runpy-lora",
+        "exploit",
+        PT,
+        {"lora_linear": LORA_RUNPY},
+        "a fresh copy of tutorlib.adapters, made by runpy, for LoRALinear",
+        lose={"test_lora_linear": NOT_ALLOWED},
+        flagged=("lora_linear",),
+    ),
+    Case(
+        "mask-by-padding-masks",
+        "exploit",
+        PT,
+        {"response_mask": MASK_BY_PADDING_MASKS},
+        "another public function computing the same thing: two padding masks",
+        lose={"test_response_mask": NOT_ALLOWED},
+    ),
+    Case(
+        "mask-mistake-builder",
+        "exploit",
+        PT,
+        {"response_mask": MASK_MISTAKE_BUILDER},
+        "the checks' own mask builder (a private name of the check module)",
+        lose={"test_response_mask": NOT_ALLOWED},
+        flagged=("response_mask",),
+    ),
+    Case(
+        "patches-the-mask-check",
+        "exploit",
+        PT,
+        {"response_mask": MASK_PATCHES_THE_CHECK},
+        "a wrong answer and the check replaced by a function that prints OK",
+        lose={"test_sft_loss": "the testing machinery was changed"},
+        flagged=("response_mask",),
+    ),
+    Case(
+        "dpo-by-getattr",
+        "exploit",
+        PT,
+        {"dpo_loss": DPO_GETATTR},
+        "tutorlib.posttraining.dpo_loss reached by getattr with a built name",
+        lose={"test_dpo_loss": NOT_ALLOWED},
+        flagged=("dpo_loss",),
+    ),
+    Case(
+        "known-inputs-mask",
+        "exploit",
+        PT,
+        {"response_mask": MASK_VISIBLE_ONLY},
+        "the worked example's answer, stored",
+        lose={"test_response_mask": "response_mask("},
+    ),
+    Case(
+        "spies-on-the-sft-check",
+        "exploit",
+        PT,
+        {"sft_loss": SFT_SPIES_ON_THE_CHECK},
+        "runs the hidden check itself with a function that records its inputs, and answers them "
+        "with the public reference computed outside the check (a cache of answers)",
+        lose={"test_sft_loss": "sft_loss for logits"},
+    ),
+]

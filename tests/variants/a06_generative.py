@@ -1642,3 +1642,590 @@ def gqa_cached_step(q, k_new, v_new, past_k, past_v):
         ),
     },
 }
+
+# --- 04_post_training -------------------------------------------------------------------------
+
+PT = "06_generative/04_post_training.ipynb"
+
+VARIANTS[PT] = {
+    "few_shot_prompt": {
+        "join-lines-and-query": '''
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    """Every example a line input + arrow + output; the query is the last, unfinished line."""
+    if arrow == "" or separator == "" or arrow == separator:
+        raise ValueError("the arrow and the separator must be different, non-empty strings")
+    if not isinstance(query, str):
+        raise TypeError("the query must be a str")
+    lines = []
+    for pair in examples:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"not a pair: {pair!r}")
+        x, y = pair
+        if type(x) is not str or type(y) is not str:
+            raise TypeError("inputs and outputs must be strings")
+        lines.append(x + arrow + y)
+    for text in [query, *(part for pair in examples for part in pair)]:
+        if arrow in text or separator in text:
+            raise ValueError(f"{text!r} would make the prompt ambiguous")
+    return separator.join(lines + [query + arrow])
+''',
+        "helper-and-f-strings": '''
+def check_text(text, arrow, separator):
+    """Raise if the model could not tell where `text` ends."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a str, got {type(text).__name__}")
+    if arrow in text or separator in text:
+        raise ValueError(f"{text!r} contains {arrow!r} or {separator!r}")
+
+
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if not arrow or not separator:
+        raise ValueError("empty arrow or separator")
+    if arrow == separator:
+        raise ValueError("the arrow and the separator are the same")
+    prompt = ""
+    for example in examples:
+        if len(example) != 2 or isinstance(example, str):
+            raise TypeError("each example is a pair (input, output)")
+        for text in example:
+            check_text(text, arrow, separator)
+        prompt += f"{example[0]}{arrow}{example[1]}{separator}"
+    check_text(query, arrow, separator)
+    return f"{prompt}{query}{arrow}"
+''',
+        "all-and-map": """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    examples = list(examples)
+    pairs_ok = all(type(e) in (tuple, list) and len(e) == 2 for e in examples)
+    if not pairs_ok or not all(isinstance(s, str) for e in examples for s in e):
+        raise TypeError("examples must be pairs of strings")
+    if not isinstance(query, str):
+        raise TypeError("query must be a string")
+    if len(arrow) == 0 or len(separator) == 0 or arrow == separator:
+        raise ValueError("bad arrow or separator")
+    texts = [s for e in examples for s in e] + [query]
+    if any(arrow in s or separator in s for s in texts):
+        raise ValueError("an input, output or the query contains the arrow or the separator")
+    body = "".join(map(lambda e: e[0] + arrow + e[1] + separator, examples))
+    print(repr(body + query + arrow))
+    return body + query + arrow
+""",
+    },
+    "response_mask": {
+        "loops": """
+def response_mask(prompt_lengths, lengths, length):
+    mask = torch.zeros(len(lengths), length, dtype=torch.bool)
+    for b in range(len(lengths)):
+        mask[b, int(prompt_lengths[b]) : int(lengths[b])] = True
+    return mask
+""",
+        "padding-minus-prompt": '''
+def response_mask(prompt_lengths, lengths, length):
+    """Every real token, minus the prompt's."""
+    positions = torch.arange(length).unsqueeze(0)  # (1, length)
+    real = positions < lengths.unsqueeze(1)  # (B, length)
+    prompt = positions < prompt_lengths.unsqueeze(1)
+    return real & ~prompt
+''',
+        "expand-ge-lt": """
+def response_mask(prompt_lengths, lengths, length):
+    B = prompt_lengths.shape[0]
+    t = torch.arange(length, device=lengths.device).expand(B, length)
+    return t.ge(prompt_lengths.view(B, 1)).logical_and(t.lt(lengths.view(B, 1)))
+""",
+        "where-and-compare": """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)[None, :]
+    inside = torch.where(t >= prompt_lengths[:, None], t < lengths[:, None], False)
+    assert inside.dtype == torch.bool
+    return inside
+""",
+    },
+    "sft_loss": {
+        "ignore-index": """
+def sft_loss(logits, tokens, mask):
+    targets = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)  # -100: not scored
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
+""",
+        "log-softmax-gather": """
+def sft_loss(logits, tokens, mask):
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
+    picked = log_probs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    weights = mask[:, 1:].to(picked.dtype)
+    return -(picked * weights).sum() / weights.sum()
+""",
+        "per-token-reduction-none": """
+def sft_loss(logits, tokens, mask):
+    B, T, V = logits.shape
+    losses = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none"
+    )  # (B * (T - 1),)
+    keep = mask[:, 1:].reshape(-1)
+    return losses[keep].mean()
+""",
+        "loops-logsumexp": """
+def sft_loss(logits, tokens, mask):
+    terms = []
+    for b in range(logits.shape[0]):
+        for t in range(1, logits.shape[1]):
+            if mask[b, t]:  # token t is predicted from position t - 1
+                row = logits[b, t - 1]
+                terms.append(torch.logsumexp(row, dim=0) - row[tokens[b, t]])
+    return torch.stack(terms).mean()
+""",
+    },
+    "lora_linear": {
+        "peft-style-linear-layers": '''
+class LoRALinear(nn.Module):
+    """Like peft: the path built from bias-free linear layers' weights."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        down = nn.Linear(base.in_features, rank, bias=False, dtype=base.weight.dtype)
+        self.lora_A = down.weight  # (rank, in): initialised as nn.Linear does
+        self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, rank))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        low = F.linear(x, self.lora_A)  # (..., rank)
+        return self.base(x) + self.scaling * F.linear(low, self.lora_B)
+
+    def merge(self):
+        import copy
+
+        merged = copy.deepcopy(self.base)
+        with torch.no_grad():
+            merged.weight.addmm_(self.lora_B, self.lora_A, alpha=self.scaling)
+        return merged
+''',
+        "uniform-by-hand-einsum": """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        for p in base.parameters():
+            p.requires_grad = False
+        self.base = base
+        bound = 1 / math.sqrt(base.in_features)  # what kaiming_uniform_(a=sqrt(5)) gives
+        A = torch.empty(rank, base.in_features).uniform_(-bound, bound)
+        self.lora_A = nn.Parameter(A.to(base.weight))
+        self.lora_B = nn.Parameter(torch.zeros_like(base.weight[:, :rank]))
+        self.scaling = float(alpha) / rank
+
+    def forward(self, x):
+        low = torch.einsum("...i,ri->...r", x, self.lora_A)
+        return self.base(x) + self.scaling * torch.einsum("...r,or->...o", low, self.lora_B)
+
+    def merge(self):
+        W = self.base.weight + self.scaling * torch.einsum("or,ri->oi", self.lora_B, self.lora_A)
+        merged = nn.Linear(W.shape[1], W.shape[0], bias=self.base.bias is not None)
+        merged = merged.to(W.dtype)
+        merged.weight = nn.Parameter(W.detach().clone())
+        if self.base.bias is not None:
+            merged.bias = nn.Parameter(self.base.bias.detach().clone())
+        return merged
+""",
+        "delta-weight-helper": '''
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base
+        self.base.weight.requires_grad_(False)
+        if self.base.bias is not None:
+            self.base.bias.requires_grad_(False)
+        factory = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.zeros(rank, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
+        self.rank, self.alpha = rank, alpha
+        self.scaling = self.alpha / self.rank
+
+    def delta_weight(self):
+        """The update (out, in), formed only to merge."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+    def merge(self):
+        merged = nn.Linear(
+            self.base.in_features, self.base.out_features,
+            bias=self.base.bias is not None, dtype=self.base.weight.dtype,
+        )
+        state = {"weight": self.base.weight.detach() + self.delta_weight().detach()}
+        if self.base.bias is not None:
+            state["bias"] = self.base.bias.detach().clone()
+        merged.load_state_dict(state)
+        return merged
+''',
+    },
+    "dpo_loss": {
+        "softplus": """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    # -log sigmoid(z) = softplus(-z)
+    z = beta * ((policy_chosen - policy_rejected) - (reference_chosen - reference_rejected))
+    return F.softplus(-z).mean()
+""",
+        "log-ratios-helper": '''
+def log_ratio(policy, reference):
+    """How much the policy raised a response, relative to the reference (in nats)."""
+    return policy - reference
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = log_ratio(policy_chosen, reference_chosen) - log_ratio(
+        policy_rejected, reference_rejected
+    )
+    losses = -torch.nn.functional.logsigmoid(beta * margin)
+    return losses.sum() / losses.numel()
+''',
+        "stable-where": """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    z = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    positive = torch.log1p(torch.exp(-z.clamp(min=0)))  # log(1 + e^-z) for z >= 0
+    negative = -z + torch.log1p(torch.exp(z.clamp(max=0)))  # the same for z < 0
+    return torch.where(z >= 0, positive, negative).mean()
+""",
+        "logsumexp": """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    z = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    # -log sigmoid(z) = log(e^0 + e^-z)
+    return torch.logsumexp(torch.stack([torch.zeros_like(z), -z]), dim=0).mean()
+""",
+    },
+}
+
+MISTAKES[PT] = {
+    "few_shot_prompt": {
+        "join-without-final-separator": (
+            """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    for x, y in examples:
+        if arrow in x + y or separator in x + y:
+            raise ValueError("ambiguous")
+    return separator.join(f"{x}{arrow}{y}" for x, y in examples) + query + arrow
+""",
+            "the separator between the last example and the query is missing",
+        ),
+        "separator-always": (
+            """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if not isinstance(query, str) or not all(type(s) is str for e in examples for s in e):
+        raise TypeError("strings only")
+    if not arrow or not separator or arrow == separator:
+        raise ValueError("arrow and separator")
+    for text in [query, *(s for e in examples for s in e)]:
+        if arrow in text or separator in text:
+            raise ValueError("ambiguous")
+    lines = [x + arrow + y for x, y in examples]
+    return separator.join(lines) + separator + query + arrow  # a separator even with none
+""",
+            "with no examples the prompt is query + arrow alone",
+        ),
+        "output-first": (
+            """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    return "".join(f"{y}{arrow}{x}{separator}" for x, y in examples) + query + arrow
+""",
+            "each example is written output first",
+        ),
+        "no-checks": (
+            """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    return "".join(f"{x}{arrow}{y}{separator}" for x, y in examples) + f"{query}{arrow}"
+""",
+            "it should raise",
+        ),
+        "unpacking-raises-valueerror": (
+            """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if not arrow or not separator or arrow == separator:
+        raise ValueError("arrow and separator")
+    if not isinstance(query, str):
+        raise TypeError("query")
+    prompt = ""
+    for x, y in examples:  # a three-string example raises ValueError here
+        if not isinstance(x, str) or not isinstance(y, str):
+            raise TypeError("strings")
+        if arrow in x + y or separator in x + y:
+            raise ValueError("ambiguous")
+        prompt += x + arrow + y + separator
+    if arrow in query or separator in query:
+        raise ValueError("ambiguous query")
+    return prompt + query + arrow
+""",
+            "it should raise TypeError",
+        ),
+    },
+    "response_mask": {
+        "assistant-token-included": (
+            """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)
+    return (t >= prompt_lengths[:, None] - 1) & (t < lengths[:, None])
+""",
+            "the mask starts one position early, at <|assistant|>",
+        ),
+        "end-token-excluded": (
+            """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)
+    return (t >= prompt_lengths[:, None]) & (t < lengths[:, None] - 1)
+""",
+            "the mask stops one position early",
+        ),
+        "padding-included": (
+            """
+def response_mask(prompt_lengths, lengths, length):
+    return torch.arange(length)[None, :] >= prompt_lengths[:, None]
+""",
+            "lengths is ignored",
+        ),
+        "float-mask": (
+            """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(length)
+    return ((t >= prompt_lengths[:, None]) & (t < lengths[:, None])).float()
+""",
+            "return a bool tensor",
+        ),
+        "width-of-the-longest": (
+            """
+def response_mask(prompt_lengths, lengths, length):
+    t = torch.arange(int(lengths.max()))
+    return (t >= prompt_lengths[:, None]) & (t < lengths[:, None])
+""",
+            "the mask has `length` columns",
+        ),
+    },
+    "sft_loss": {
+        "not-shifted": (
+            """
+def sft_loss(logits, tokens, mask):
+    return F.cross_entropy(logits[mask], tokens[mask])
+""",
+            "the targets are not shifted",
+        ),
+        "mask-not-shifted": (
+            """
+def sft_loss(logits, tokens, mask):
+    keep = mask[:, :-1]
+    return F.cross_entropy(logits[:, :-1][keep], tokens[:, 1:][keep])
+""",
+            "the mask is not shifted with the targets",
+        ),
+        "every-position": (
+            """
+def sft_loss(logits, tokens, mask):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+""",
+            "the mask is ignored",
+        ),
+        "mean-of-sequence-means": (
+            """
+def sft_loss(logits, tokens, mask):
+    per_sequence = []
+    for b in range(logits.shape[0]):
+        keep = mask[b, 1:]
+        if keep.any():
+            per_sequence.append(F.cross_entropy(logits[b, :-1][keep], tokens[b, 1:][keep]))
+    return torch.stack(per_sequence).mean()
+""",
+            "this is the mean of each sequence's mean",
+        ),
+        "masked-but-divided-by-all": (
+            """
+def sft_loss(logits, tokens, mask):
+    V = logits.shape[-1]
+    losses = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    return (losses * mask[:, 1:].reshape(-1)).mean()
+""",
+            "the masked-out positions are counted in the mean",
+        ),
+    },
+    "lora_linear": {
+        "scaling-alpha": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scaling = alpha  # as in the paper's equation, without the 1 / r
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        merged = nn.Linear(self.base.in_features, self.base.out_features)
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
+            merged.bias.copy_(self.base.bias)
+        return merged
+""",
+            "the scaling is alpha / rank, not alpha",
+        ),
+        "b-random": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        like = base.weight
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features).to(like) * 0.01)
+        self.lora_B = nn.Parameter(torch.randn(base.out_features, rank).to(like) * 0.01)
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        return None
+""",
+            "lora_B is not zero at the start",
+        ),
+        "base-trainable": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base  # (forgot to freeze it)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features).to(base.weight))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank).to(base.weight))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        return None
+""",
+            "the base layer is not frozen",
+        ),
+        "merged-in-place": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        like = dict(dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **like))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        with torch.no_grad():  # fold the update into the base layer and hand it back
+            self.base.weight += self.scaling * self.lora_B @ self.lora_A
+        return self.base
+""",
+            "merge changed the layer it was called on",
+        ),
+        "bias-not-copied": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        like = dict(dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **like))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        merged = nn.Linear(*self.base.weight.shape[::-1], dtype=self.base.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
+        return merged
+""",
+            "merge()'s bias is not the base layer's",
+        ),
+        "float32-parameters": (
+            """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))  # float32 by default
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+
+    def merge(self):
+        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=False)
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
+        if self.base.bias is not None:
+            merged.bias = nn.Parameter(self.base.bias.clone())
+        return merged
+""",
+            "create lora_A and lora_B with base.weight's dtype",
+        ),
+    },
+    "dpo_loss": {
+        "chosen-rejected-swapped": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_rejected - reference_rejected) - (policy_chosen - reference_chosen)
+    return -F.logsigmoid(beta * margin).mean()
+""",
+            "the sign is flipped (chosen and rejected swapped)",
+        ),
+        "no-reference": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    return -F.logsigmoid(beta * (policy_chosen - policy_rejected)).mean()
+""",
+            "the reference model is ignored",
+        ),
+        "beta-forgotten": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(margin).mean()
+""",
+            "beta is missing",
+        ),
+        "log-of-sigmoid": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -torch.log(torch.sigmoid(beta * margin)).mean()
+""",
+            "overflows",
+        ),
+        "summed": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin).sum()
+""",
+            "the losses are summed over the pairs",
+        ),
+        "relu-kink": (
+            """
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1):
+    z = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    return (torch.relu(-z) + torch.log1p(torch.exp(-z.abs()))).mean()  # no overflow
+""",
+            "pass on one-sided gradients",
+        ),
+    },
+}

@@ -95,6 +95,7 @@ _CHAPTER_CHECKS = (
     "vision",
     "generative",
     "modern",
+    "posttraining",
 )
 _HONEST_IMPORTS = frozenset(
     {
