@@ -60,6 +60,8 @@ LONG_PAGES = {
     # Fine-tunes the chapter's GPT twice, 600 steps each: on the responses (the model pages 6.10
     # and 6.11 start from, kept in the cache) and on every token, for the comparison.
     "book/06_generative/09_instruction_tuning.md": 180,
+    # Samples preference pairs from the 6.9 model and trains three policies with DPO.
+    "book/06_generative/11_preferences.md": 180,
 }
 MEMORY_BUDGET_MB = 1024
 START, END = "<!-- budgets:start -->", "<!-- budgets:end -->"

@@ -493,8 +493,10 @@ def answer(
         if len(ids) >= context:
             raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in {context}")
         groups.setdefault(len(ids), []).append(index)
+    # at most 256 prompts at once, which bounds the memory of a batch
+    batches = [(n, g[i : i + 256]) for n, g in groups.items() for i in range(0, len(g), 256)]
     out = [""] * len(prompts)
-    for length, indices in groups.items():
+    for length, indices in batches:
         cache = KVCache()
         logits = model(torch.tensor([prompts[i] for i in indices], device=device), cache=cache)
         done = torch.zeros(len(indices), dtype=torch.bool, device=device)
