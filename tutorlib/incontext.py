@@ -332,7 +332,7 @@ def few_shot_accuracy(
     """Exact-match accuracy on every letter of the alphabet as the query, for each task: over
     all queries ("all"), over those that are one of the task's examples' inputs ("in_context":
     the answer can be read off the examples) and over the others ("not_in_context"; NaN if
-    there are none), with the number of queries of each ("n_...").
+    there are none), with the number of queries of each (the keys that start with ``n_``).
 
     With `in_prompt` (the default) the examples are the prompt (few-shot); without, the prompt
     is the query alone (zero-shot) and `examples` only sorts the queries: pass those the model

@@ -74,11 +74,11 @@ class ChatTokenizer:
 
     The base tokenizer's ids are kept (the pretrained embedding rows stay where they were);
     `<|user|>`, `<|assistant|>` and `<|end|>` get the ids V, V + 1 and V + 2. A role token is
-    one id that no text encodes to: typing "<|end|>" in an instruction gives seven characters.
+    one id that no text encodes to: typing ``<|end|>`` in an instruction gives seven characters.
 
     Shapes:
-        encode_chat: instruction (and response) strings  ->  ids [<|user|> instruction
-        <|assistant|> (response <|end|>)], and the prompt's length
+        encode_chat: instruction (and response) strings  ->  the ids of ``<|user|>``
+        instruction ``<|assistant|>`` (response ``<|end|>``), and the prompt's length
 
     Book: 6.9 Instruction tuning.
     """
