@@ -3,6 +3,8 @@
     python -m tests.budgets                 # print the table
     python -m tests.budgets --write-readme  # and write it into README.md and book/budgets.json
                                             # (make budgets; the site shows it on each page)
+    python -m tests.budgets --write-readme --only book/06_generative/09_instruction_tuning.md
+                                            # measure these, keep the other rows
 
 A page is a MyST-NB markdown notebook (read with myst-nb's own reader) or an .ipynb. Time is the
 wall-clock time of executing every cell; memory is the kernel's peak resident set size
@@ -60,6 +62,9 @@ LONG_PAGES = {
     # Fine-tunes the chapter's GPT twice, 600 steps each: on the responses (the model pages 6.10
     # and 6.11 start from, kept in the cache) and on every token, for the comparison.
     "book/06_generative/09_instruction_tuning.md": 180,
+    # Fine-tunes five models from the chapter's GPT (full, and LoRA at ranks 1, 4, 16 and 16 with
+    # the feed-forward layers; 200 steps each) and two 100-step adapters on the 6.9 model.
+    "book/06_generative/10_lora.md": 120,
     # Samples preference pairs from the 6.9 model and trains three policies with DPO.
     "book/06_generative/11_preferences.md": 180,
 }
@@ -244,9 +249,25 @@ def write_readme(text: str) -> None:
     readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
 
 
+def _recorded() -> dict[str, Measurement]:
+    """The measurements kept in book/budgets.json by the last `make budgets`."""
+    if not BUDGETS_JSON.exists():
+        return {}
+    rows = json.loads(BUDGETS_JSON.read_text())["notebooks"]
+    return {p: Measurement(p, r["seconds"], r["peak_mb"]) for p, r in rows.items()}
+
+
 def main(argv: list[str]) -> None:
+    """Measure every notebook; with `--only PATH ...`, measure those and keep the other
+    notebooks' rows from book/budgets.json (a notebook no longer in the book is dropped)."""
+    only = argv[argv.index("--only") + 1 :] if "--only" in argv else None
+    recorded = _recorded() if only else {}
     measurements = []
     for path in [*book_pages(), *solution_notebooks()]:
+        key = path.relative_to(ROOT).as_posix()
+        if only is not None and key not in only and key in recorded:
+            measurements.append(recorded[key])
+            continue
         m = measure(path)
         print(f"{m.path}: {m.seconds:.1f} s, {m.peak_mb:.0f} MB", flush=True)
         measurements.append(m)
