@@ -4,6 +4,7 @@ tests/budgets.py), and the pages that promise a result print it."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -135,3 +136,15 @@ def test_quiet_pages_exist() -> None:
 def test_every_target_page_exists() -> None:
     for page in [*TARGETS, *CEILINGS]:
         assert (ROOT / page).exists(), page
+
+
+def test_every_notebook_has_a_measured_budget_row() -> None:
+    """The site's compute notes and chapter table read book/budgets.json: a notebook without a
+    row there fails the book build, so say which notebooks need measuring."""
+    rows = json.loads((ROOT / "book" / "budgets.json").read_text())["notebooks"]
+    missing = [p.relative_to(ROOT).as_posix() for p in NOTEBOOKS]
+    missing = [p for p in missing if p not in rows]
+    assert not missing, (
+        f"no measurement in book/budgets.json for {missing}: run "
+        f"`python -m tests.budgets --write-readme --only {' '.join(missing)}`"
+    )
