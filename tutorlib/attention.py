@@ -365,6 +365,29 @@ class KVCache:
             raise ValueError(f"layer {layer} updated before layer {len(self.keys)}")
         return self.keys[layer], self.values[layer]
 
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions of every layer and drop the rest, in place: the
+        rollback of speculative decoding when the target rejects drafted tokens (4.11).
+        ``crop(0)`` empties the cache. Call it between steps, when all layers hold the same
+        positions.
+
+        Shapes:
+            keys[l], values[l] (B, H_kv, t, D)  ->  (B, H_kv, length, D) each, length <= t
+
+        Book: 4.5 The KV cache; 4.11 Speculative decoding.
+        """
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise TypeError(f"length must be an int, got {type(length).__name__}")
+        if not 0 <= length <= self.length:
+            raise ValueError(
+                f"length must be in [0, {self.length}] (the cached length), got {length}"
+            )
+        if length == 0:
+            self.keys, self.values = [], []
+            return
+        self.keys = [k[:, :, :length] for k in self.keys]  # (B, H_kv, length, D)
+        self.values = [v[:, :, :length] for v in self.values]  # (B, H_kv, length, D)
+
     def __repr__(self) -> str:
         return f"KVCache(layers={len(self.keys)}, length={self.length})"
 
