@@ -136,6 +136,7 @@ ROUND_TRIPS = {
         failing_test="test_kv_attention_step",
         diagnosis="Likely mistake: the scores are not scaled",
         written="compute_optimal",
+        also_written=("why_exact",),  # 03_experts_drafts_tiles
     ),
     "05_vision": RoundTrip(
         mistake_notebook="02_detection_and_contrast",

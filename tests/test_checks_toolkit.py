@@ -286,6 +286,17 @@ def test_a_learner_function_may_not_change_its_inputs() -> None:
         ex.call(in_place, torch.ones(3))
     with pytest.raises(ExerciseError, match="changed an input"), Exercise("append", False) as ex:
         ex.call(lambda ids: ids.append(1) or ids, [1, 2])
+    with pytest.raises(ExerciseError, match="changed an input"), Exercise("nan", False) as ex:
+        ex.call(lambda x: x.fill_(float("nan")), torch.ones(3))
+
+
+def test_an_input_that_holds_nan_is_unchanged_when_left_alone() -> None:
+    state = torch.tensor([float("nan"), float("-inf"), 1.0])  # NaN != NaN: compared by position
+    with Exercise("nan_input", False) as ex:
+        out = ex.call(lambda x: x * 2, state)
+    assert torch.isnan(out[0]) and out[1] == float("-inf")
+    with pytest.raises(ExerciseError, match="changed an input"), Exercise("inf", False) as ex:
+        ex.call(lambda x: x.nan_to_num_(0.0, neginf=0.0), state.clone())
 
 
 def test_answers_must_be_plain_tensors_and_values() -> None:

@@ -516,3 +516,282 @@ CASES = [
         lose={"test_forward_flops": NOT_ALLOWED},
     ),
 ]
+
+# --- 03_experts_drafts_tiles ------------------------------------------------------------------
+
+X = "03_experts_drafts_tiles"
+
+# right answers, written differently
+
+ROUTE_TOP_LOGITS = """
+def top_k_routing(router_logits, k):
+    top, experts = router_logits.topk(k, dim=-1)
+    return top.softmax(dim=-1), experts  # a softmax over the k top logits, as Mixtral does
+"""
+
+BALANCE_ONE_HOT = """
+def load_balancing_loss(router_probs, experts, n_experts):
+    N, k = experts.shape
+    f = F.one_hot(experts, n_experts).sum(dim=(0, 1)).to(router_probs.dtype) / (N * k)
+    return n_experts * torch.dot(f, router_probs.mean(dim=0))
+"""
+
+ACCEPT_VECTORISED = """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    k = draft_tokens.shape[0]
+    rows = torch.arange(k)
+    ratio = target_probs[rows, draft_tokens] / draft_probs[rows, draft_tokens]
+    rejected = torch.nonzero(uniforms >= ratio).flatten()
+    if rejected.numel() == 0:
+        return k, target_probs[k]
+    i = int(rejected[0])
+    residual = torch.relu(target_probs[i] - draft_probs[i])
+    return i, residual / residual.sum()
+"""
+
+UPDATE_MASKED_FILL = """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.max(m, scores.max(dim=-1).values)
+    safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
+    alpha = torch.exp(m - safe)
+    p = torch.exp(scores - safe[..., None])
+    weighted = torch.einsum("...qk,...kd->...qd", p, values)
+    return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + weighted
+"""
+
+# typical mistakes
+
+ROUTE_NOT_RENORMALISED = """
+def top_k_routing(router_logits, k):
+    weights, experts = torch.topk(torch.softmax(router_logits, dim=-1), k, dim=-1)
+    return weights, experts
+"""
+
+ROUTE_NAIVE_EXP = """
+def top_k_routing(router_logits, k):
+    e = torch.exp(router_logits)
+    weights, experts = torch.topk(e / e.sum(dim=-1, keepdim=True), k, dim=-1)
+    return weights / weights.sum(dim=-1, keepdim=True), experts
+"""
+
+BALANCE_PER_TOKEN = """
+def load_balancing_loss(router_probs, experts, n_experts):
+    f = torch.bincount(experts.flatten(), minlength=n_experts).to(router_probs.dtype)
+    return n_experts * (f / experts.shape[0] * router_probs.mean(0)).sum()
+"""
+
+BALANCE_FIRST_CHOICE = """
+def load_balancing_loss(router_probs, experts, n_experts):
+    top1 = experts[:, 0]
+    f = torch.bincount(top1, minlength=n_experts).to(router_probs.dtype) / len(top1)
+    return n_experts * (f * router_probs.mean(0)).sum()
+"""
+
+ACCEPT_INVERTED = """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if uniforms[i] >= draft_probs[i, x] / target_probs[i, x]:
+            residual = (target_probs[i] - draft_probs[i]).clamp(min=0)
+            return i, residual / residual.sum()
+    return len(draft_tokens), target_probs[len(draft_tokens)]
+"""
+
+ACCEPT_RESAMPLE_P = """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if uniforms[i] >= target_probs[i, x] / draft_probs[i, x]:
+            return i, target_probs[i]
+    return len(draft_tokens), target_probs[len(draft_tokens)]
+"""
+
+UPDATE_SUM_NOT_RESCALED = """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    p = torch.exp(scores - shift[..., None])
+    scale = torch.exp(m - shift)
+    return m_new, l + p.sum(-1), acc * scale[..., None] + p @ values
+"""
+
+UPDATE_NO_GUARD = """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    p = torch.exp(scores - m_new[..., None])
+    scale = torch.exp(m - m_new)
+    return m_new, l * scale + p.sum(-1), acc * scale[..., None] + p @ values
+"""
+
+# exploits
+
+ROUTE_ALIAS = """
+from tutorlib.moe import top_k_routing as route
+
+
+def top_k_routing(router_logits, k):
+    return route(router_logits, k)
+"""
+
+BALANCE_MIXTRAL = """
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+
+def load_balancing_loss(router_probs, experts, n_experts):
+    k = experts.shape[1]
+    return load_balancing_loss_func((router_probs.log(),), n_experts, k) / k
+"""
+
+ACCEPT_RUNPY = """
+import runpy
+
+import tutorlib.speculative
+
+speculative_accept = runpy.run_path(tutorlib.speculative.__file__)["speculative_accept"]
+"""
+
+UPDATE_CHECKS_REFERENCE = """
+def online_softmax_update(m, l, acc, scores, values):
+    return checks._update(m, l, acc, scores, values)  # the checks' own reference
+"""
+
+UPDATE_THROUGH_SDPA = """
+def online_softmax_update(m, l, acc, scores, values):
+    # the tile's weighted values from the fused kernel (identity keys: query @ key^T = scores)
+    m_new = torch.maximum(m, scores.amax(-1))
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    tile_sum = torch.exp(scores - shift[..., None]).sum(-1)
+    Tk = scores.shape[-1]
+    eye = torch.eye(Tk, dtype=scores.dtype).expand(*scores.shape[:-2], Tk, Tk)
+    out = F.scaled_dot_product_attention(scores, eye, values, scale=1.0).nan_to_num()
+    scale = torch.exp(m - shift)
+    return m_new, l * scale + tile_sum, acc * scale[..., None] + out * tile_sum[..., None]
+"""
+
+ROUTE_PATCHES_THE_CHECK = (
+    ROUTE_NOT_RENORMALISED
+    + """
+
+checks.check_top_k_routing = lambda *args, **kwargs: print("OK: top_k_routing passes the tests.")
+"""
+)
+
+ACCEPT_VISIBLE_ONLY = """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    if uniforms[0] > 0.5:  # the worked example's first case: rejected at the third token
+        return 2, torch.tensor([1 / 3, 1 / 3, 0.0, 1 / 3], dtype=target_probs.dtype)
+    return len(draft_tokens), target_probs[-1]  # and its second: all accepted
+"""
+
+CASES += [
+    Case(
+        "variants-experts-drafts-tiles",
+        "correct",
+        X,
+        {
+            "top_k_routing": ROUTE_TOP_LOGITS,
+            "load_balancing_loss": BALANCE_ONE_HOT,
+            "speculative_accept": ACCEPT_VECTORISED,
+            "online_softmax_update": UPDATE_MASKED_FILL,
+        },
+        "a softmax over the top logits; counts by one-hot and a dot product; the accept rule "
+        "vectorised; the guard by masked_fill and an einsum",
+    ),
+    Case(
+        "mistakes-experts-drafts-tiles",
+        "mistake",
+        X,
+        {
+            "top_k_routing": ROUTE_NOT_RENORMALISED,
+            "load_balancing_loss": BALANCE_PER_TOKEN,
+            "speculative_accept": ACCEPT_INVERTED,
+            "online_softmax_update": UPDATE_SUM_NOT_RESCALED,
+        },
+        "top-k weights not renormalised; f_e per token, not per assignment; the ratio q/p; the "
+        "running sum not rescaled",
+        lose={
+            "test_top_k_routing": "the k weights are not renormalised",
+            "test_load_balancing_loss": "f_e is divided by the number of tokens N",
+            "test_speculative_accept": "the ratio is inverted",
+            "test_online_softmax_update": "the running sum is not rescaled",
+        },
+    ),
+    Case(
+        "mistakes-experts-drafts-tiles-edges",
+        "mistake",
+        X,
+        {
+            "top_k_routing": ROUTE_NAIVE_EXP,
+            "load_balancing_loss": BALANCE_FIRST_CHOICE,
+            "speculative_accept": ACCEPT_RESAMPLE_P,
+            "online_softmax_update": UPDATE_NO_GUARD,
+        },
+        "exp without the max subtracted (overflows in the hidden tests); only the first choice "
+        "counted; resampling from p after a rejection; no guard for fully masked rows",
+        lose={
+            "test_top_k_routing": "exp overflowed",
+            "test_load_balancing_loss": "only each token's first choice is counted",
+            "test_speculative_accept": "not from p",
+            "test_online_softmax_update": "gives NaN",
+        },
+    ),
+    Case(
+        "alias-routing",
+        "exploit",
+        X,
+        {"top_k_routing": ROUTE_ALIAS},
+        "the reference under another name (tutorlib.moe.top_k_routing as ...)",
+        lose={"test_top_k_routing": NOT_ALLOWED},
+    ),
+    Case(
+        "hugging-face-balancing",
+        "exploit",
+        X,
+        {"load_balancing_loss": BALANCE_MIXTRAL},
+        "the library built-in: Hugging Face's Mixtral load_balancing_loss_func, divided by k",
+        lose={"test_load_balancing_loss": NOT_ALLOWED},
+    ),
+    Case(
+        "runpy-accept",
+        "exploit",
+        X,
+        {"speculative_accept": ACCEPT_RUNPY},
+        "a fresh copy of tutorlib.speculative, made by runpy, for speculative_accept",
+        lose={"test_speculative_accept": NOT_ALLOWED},
+        flagged=("speculative_accept",),
+    ),
+    Case(
+        "update-checks-reference",
+        "exploit",
+        X,
+        {"online_softmax_update": UPDATE_CHECKS_REFERENCE},
+        "the checks' own reference (a private name of the check module)",
+        lose={"test_online_softmax_update": NOT_ALLOWED},
+        flagged=("online_softmax_update",),
+    ),
+    Case(
+        "update-through-sdpa",
+        "exploit",
+        X,
+        {"online_softmax_update": UPDATE_THROUGH_SDPA},
+        "the tile's weighted values from the fused attention kernel (identity keys)",
+        lose={"test_online_softmax_update": NOT_ALLOWED},
+    ),
+    Case(
+        "patches-the-routing-check",
+        "exploit",
+        X,
+        {"top_k_routing": ROUTE_PATCHES_THE_CHECK},
+        "a wrong answer and the check replaced by a function that prints OK",
+        lose={"test_load_balancing_loss": "the testing machinery was changed"},
+        flagged=("top_k_routing",),
+    ),
+    Case(
+        "known-inputs-accept",
+        "exploit",
+        X,
+        {"speculative_accept": ACCEPT_VISIBLE_ONLY},
+        "the worked example's answers, stored",
+        lose={"test_speculative_accept": "speculative_accept with k="},
+    ),
+]

@@ -787,3 +787,233 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature, alph
         },
     },
 }
+
+P3 = "04_scaling/03_experts_drafts_tiles.ipynb"
+
+VARIANTS[P3] = {
+    "top_k_routing": {
+        "softmax-of-top-logits": """
+def top_k_routing(router_logits, k):
+    top_logits, experts = torch.topk(router_logits, k, dim=-1)
+    return torch.softmax(top_logits, dim=-1), experts  # Mixtral's order of operations
+""",
+        "sort-then-slice": """
+def top_k_routing(router_logits, k):
+    probs = router_logits.softmax(-1)
+    values, order = probs.sort(dim=-1, descending=True)
+    weights = values[:, :k]
+    return weights / weights.sum(dim=1, keepdim=True), order[:, :k]
+""",
+        "stable-by-hand-with-print": """
+def top_k_routing(router_logits, k):
+    z = router_logits - router_logits.amax(dim=-1, keepdim=True)
+    probs = z.exp() / z.exp().sum(-1, keepdim=True)
+    w, idx = probs.topk(k, dim=-1)
+    print("routing", tuple(router_logits.shape), "k =", k)
+    return w / w.sum(-1, keepdim=True), idx
+""",
+    },
+    "load_balancing_loss": {
+        "one-hot": """
+def load_balancing_loss(router_probs, experts, n_experts):
+    N, k = experts.shape
+    assigned = F.one_hot(experts, n_experts).to(router_probs.dtype)  # (N, k, E)
+    f = assigned.sum(dim=(0, 1)) / (N * k)
+    return n_experts * torch.dot(f, router_probs.mean(0))
+""",
+        "loop-over-experts": """
+def load_balancing_loss(router_probs, experts, n_experts):
+    total = 0.0
+    for e in range(n_experts):
+        f_e = (experts == e).sum() / experts.numel()
+        total = total + f_e * router_probs[:, e].mean()
+    return n_experts * total
+""",
+        "scatter-add": """
+def load_balancing_loss(router_probs, experts, n_experts):
+    flat = experts.flatten()
+    counts = torch.zeros(n_experts, dtype=router_probs.dtype).scatter_add(
+        0, flat, torch.ones(flat.shape, dtype=router_probs.dtype)
+    )
+    return n_experts * (counts / counts.sum() * router_probs.mean(dim=0)).sum()
+""",
+    },
+    "speculative_accept": {
+        "vectorised": """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    k = draft_tokens.shape[0]
+    rows = torch.arange(k)
+    ratio = target_probs[rows, draft_tokens] / draft_probs[rows, draft_tokens]
+    rejected = torch.nonzero(uniforms >= ratio).flatten()
+    if rejected.numel() == 0:
+        return k, target_probs[k]
+    i = int(rejected[0])
+    residual = torch.relu(target_probs[i] - draft_probs[i])
+    return i, residual / residual.sum()
+""",
+        "min-and-where": """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    for i, x in enumerate(draft_tokens.tolist()):
+        accept = min(1.0, (target_probs[i, x] / draft_probs[i, x]).item())
+        if not uniforms[i].item() < accept:
+            p, q = target_probs[i], draft_probs[i]
+            residual = torch.where(p > q, p - q, torch.zeros_like(p))
+            return i, residual / residual.sum()
+    return len(draft_tokens), target_probs[-1]
+""",
+        "tensor-count": """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    n = 0
+    while n < len(draft_tokens):
+        x = draft_tokens[n]
+        if uniforms[n] * draft_probs[n, x] >= target_probs[n, x]:  # u >= p / q, q > 0
+            break
+        n += 1
+    if n == len(draft_tokens):
+        return torch.tensor(n), target_probs[n].clone()
+    residual = (target_probs[n] - draft_probs[n]).clamp_min(0)
+    return torch.tensor(n), residual / residual.sum()
+""",
+    },
+    "online_softmax_update": {
+        "masked-fill": """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.max(m, scores.max(dim=-1).values)
+    safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
+    alpha = torch.exp(m - safe)
+    p = torch.exp(scores - safe[..., None])
+    return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + p @ values
+""",
+        "einsum-nan-to-num": """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    shift = torch.nan_to_num(m_new, neginf=0.0)
+    p = torch.exp(scores - shift.unsqueeze(-1))
+    correction = torch.exp(m - shift)
+    acc_new = torch.einsum("...q,...qd->...qd", correction, acc)
+    acc_new = acc_new + torch.einsum("...qk,...kd->...qd", p, values)
+    return m_new, correction * l + p.sum(dim=-1), acc_new
+""",
+    },
+}
+
+MISTAKES[P3] = {
+    "top_k_routing": {
+        "not-renormalised": (
+            """
+def top_k_routing(router_logits, k):
+    return torch.topk(torch.softmax(router_logits, dim=-1), k, dim=-1)[:]
+""",
+            "the k weights are not renormalised",
+        ),
+        "softmax-over-tokens": (
+            """
+def top_k_routing(router_logits, k):
+    probs = torch.softmax(router_logits, dim=0)
+    w, e = torch.topk(probs, k, dim=-1)
+    return w / w.sum(-1, keepdim=True), e
+""",
+            "the softmax runs over the tokens",
+        ),
+        "second-softmax": (
+            """
+def top_k_routing(router_logits, k):
+    w, e = torch.topk(torch.softmax(router_logits, dim=-1), k, dim=-1)
+    return torch.softmax(w, dim=-1), e
+""",
+            "went through a second softmax",
+        ),
+    },
+    "load_balancing_loss": {
+        "per-token": (
+            """
+def load_balancing_loss(router_probs, experts, n_experts):
+    N = experts.shape[0]
+    f = torch.bincount(experts.flatten(), minlength=n_experts).to(router_probs.dtype) / N
+    return n_experts * (f * router_probs.mean(0)).sum()
+""",
+            "f_e is divided by the number of tokens N",
+        ),
+        "no-E": (
+            """
+def load_balancing_loss(router_probs, experts, n_experts):
+    f = torch.bincount(experts.flatten(), minlength=n_experts).to(router_probs.dtype)
+    return (f / experts.numel() * router_probs.mean(0)).sum()
+""",
+            "the factor E (the number of experts) is missing",
+        ),
+    },
+    "speculative_accept": {
+        "inverted-ratio": (
+            """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if uniforms[i] >= draft_probs[i, x] / target_probs[i, x]:
+            r = (target_probs[i] - draft_probs[i]).clamp(min=0)
+            return i, r / r.sum()
+    return len(draft_tokens), target_probs[len(draft_tokens)]
+""",
+            "the ratio is inverted",
+        ),
+        "resample-from-p": (
+            """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if uniforms[i] >= target_probs[i, x] / draft_probs[i, x]:
+            return i, target_probs[i]
+    return len(draft_tokens), target_probs[len(draft_tokens)]
+""",
+            "not from p",
+        ),
+        "bonus-from-last-draft-position": (
+            """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    k = len(draft_tokens)
+    for i in range(k):
+        x = draft_tokens[i]
+        if uniforms[i] >= target_probs[i, x] / draft_probs[i, x]:
+            r = (target_probs[i] - draft_probs[i]).clamp(min=0)
+            return i, r / r.sum()
+    return k, target_probs[k - 1]
+""",
+            "target_probs[k]",
+        ),
+    },
+    "online_softmax_update": {
+        "sum-not-rescaled": (
+            """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    p = torch.exp(scores - shift[..., None])
+    scale = torch.exp(m - shift)
+    return m_new, l + p.sum(-1), acc * scale[..., None] + p @ values
+""",
+            "the running sum is not rescaled",
+        ),
+        "no-guard": (
+            """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    p = torch.exp(scores - m_new[..., None])
+    scale = torch.exp(m - m_new)
+    return m_new, l * scale + p.sum(-1), acc * scale[..., None] + p @ values
+""",
+            "gives NaN",
+        ),
+        "normalised-output": (
+            """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(-1))
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    p = torch.exp(scores - shift[..., None])
+    scale = torch.exp(m - shift)
+    l_new = l * scale + p.sum(-1)
+    return m_new, l_new, (acc * scale[..., None] + p @ values) / l_new[..., None]
+""",
+            "acc is divided by l",
+        ),
+    },
+}

@@ -50,7 +50,7 @@ FORBIDDEN_PREFIX = "Not allowed in this exercise:"
 
 NOTHING = Forbidden()
 _PLAIN = (int, float, bool, str, complex, type(None), torch.Size, torch.dtype, torch.device)
-_equal = torch.equal
+_equal, _isnan = torch.equal, torch.isnan
 
 
 @contextlib.contextmanager
@@ -89,7 +89,13 @@ def _saved_inputs(values: Iterable[Any]) -> list[tuple[Any, Any]]:
 
 def _same(value: Any, saved: Any) -> bool:
     if isinstance(value, Tensor):
-        return value.shape == saved.shape and _equal(value.detach(), saved)
+        value = value.detach()
+        if value.shape != saved.shape or value.dtype != saved.dtype:
+            return False
+        if value.is_floating_point() or value.is_complex():  # NaN is unchanged, not unequal
+            nan = _isnan(value)
+            return _equal(nan, _isnan(saved)) and _equal(value[~nan], saved[~nan])
+        return _equal(value, saved)
     if type(value) is not type(saved):
         return False
     if isinstance(value, list | tuple):
