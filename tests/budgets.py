@@ -41,6 +41,11 @@ SECONDS_BUDGET = 90
 # page pretrains its backbone and trains the detector until it reads the digits (about 85 s).
 LONG_PAGES = {
     "book/03_training/02_date_translator.md": 180,
+    # Trains four small GPTs for 500 steps each: with mixture-of-experts layers (with and
+    # without the balancing loss) and two dense ones, then times a step of each.
+    "book/04_scaling/10_mixture_of_experts.md": 180,
+    # Trains a target and two draft models, then times speculative decoding against k.
+    "book/04_scaling/11_speculative_decoding.md": 120,
     "book/05_vision/02_vit_digits.md": 240,
     "book/05_vision/04_detr.md": 120,
     # The chapter's GPT trains within 3 minutes on 2 cores (issue 7), once: the first of the two
