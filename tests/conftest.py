@@ -57,6 +57,28 @@ def expect_pass(check, candidate, seeds=HIDDEN_SEEDS) -> None:
         check(candidate, hidden=True)
 
 
+def expect_named_alone(check, candidate, hint: str, seeds=HIDDEN_SEEDS) -> None:
+    """`check(candidate)` fails naming `hint` and no other mistake, under every seed."""
+    from tutorlib.checks import ExerciseError, draw
+
+    for seed in seeds:
+        draw._use_seed(seed)
+        with pytest.raises(ExerciseError) as error:
+            check(candidate, hidden=True)
+        message = str(error.value)
+        assert hint in message and "one of these" not in message, f"seed {seed}: {message}"
+
+
+NOT_ALLOWED = "Not allowed in this exercise"
+
+
+def expect_refused(check, cheat) -> None:
+    """`check(cheat)` fails because the cheat runs something the exercise forbids, in the
+    visible tests and in the hidden ones."""
+    expect_hint(check, cheat, NOT_ALLOWED, hidden=False)
+    expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
+
+
 @dataclass(frozen=True)
 class Site:
     html: Path  # the built site's folder

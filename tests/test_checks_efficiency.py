@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import HIDDEN_SEEDS, expect_hint, expect_pass
+from tests.conftest import expect_hint, expect_named_alone, expect_pass, expect_refused
 from tests.grading import solution_namespace
 from tutorlib import flash, moe, speculative
 from tutorlib.checks import ExerciseError, draw
 from tutorlib.checks import efficiency as checks
 from tutorlib.checks.draw import Draw
 
-NOT_ALLOWED = "Not allowed in this exercise"
 MANY_SEEDS = [f"many-{i}" for i in range(10)]
 DRAWS = range(100)  # for properties of the hidden draws, which cost no check call
 F64 = torch.float64
@@ -26,21 +25,6 @@ F64 = torch.float64
 @pytest.fixture(scope="module")
 def solution() -> dict:
     return solution_namespace("04_scaling")
-
-
-def expect_named_alone(check, candidate, hint: str, seeds=HIDDEN_SEEDS) -> None:
-    """`check(candidate)` fails naming `hint` and no other mistake, under every seed."""
-    for seed in seeds:
-        draw._use_seed(seed)
-        with pytest.raises(ExerciseError) as error:
-            check(candidate, hidden=True)
-        message = str(error.value)
-        assert hint in message and "one of these" not in message, f"seed {seed}: {message}"
-
-
-def expect_refused(check, cheat) -> None:
-    expect_hint(check, cheat, NOT_ALLOWED, hidden=False)
-    expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
 
 
 @pytest.mark.parametrize(
