@@ -804,6 +804,17 @@ def top_k_routing(router_logits, k):
     weights = values[:, :k]
     return weights / weights.sum(dim=1, keepdim=True), order[:, :k]
 """,
+        "loop-over-tokens": """
+def top_k_routing(router_logits, k):
+    weights, experts = [], []
+    for row in router_logits:
+        p = torch.softmax(row, dim=0)
+        order = torch.argsort(p, descending=True)[:k]
+        w = p[order]
+        weights.append(w / w.sum())
+        experts.append(order)
+    return torch.stack(weights), torch.stack(experts)
+""",
         "stable-by-hand-with-print": """
 def top_k_routing(router_logits, k):
     z = router_logits - router_logits.amax(dim=-1, keepdim=True)
@@ -828,6 +839,13 @@ def load_balancing_loss(router_probs, experts, n_experts):
         f_e = (experts == e).sum() / experts.numel()
         total = total + f_e * router_probs[:, e].mean()
     return n_experts * total
+""",
+        "mean-of-one-hot": """
+def load_balancing_loss(router_probs, experts, n_experts):
+    chosen = F.one_hot(experts.flatten(), num_classes=n_experts).to(router_probs.dtype)
+    f = chosen.mean(dim=0)  # (E,): the share of the N * k assignments
+    P = router_probs.mean(dim=0)
+    return (f * P).sum() * n_experts
 """,
         "scatter-add": """
 def load_balancing_loss(router_probs, experts, n_experts):
@@ -861,6 +879,17 @@ def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
             return i, residual / residual.sum()
     return len(draft_tokens), target_probs[-1]
 """,
+        "cumprod-of-accepts": """
+def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
+    k = len(draft_tokens)
+    idx = torch.arange(k)
+    accepted = uniforms < target_probs[idx, draft_tokens] / draft_probs[idx, draft_tokens]
+    n = int(torch.cumprod(accepted.long(), dim=0).sum())  # accepted before the first rejection
+    if n == k:
+        return n, target_probs[k]
+    residual = torch.clamp(target_probs[n] - draft_probs[n], min=0.0)
+    return n, residual / residual.sum()
+""",
         "tensor-count": """
 def speculative_accept(target_probs, draft_probs, draft_tokens, uniforms):
     n = 0
@@ -883,6 +912,25 @@ def online_softmax_update(m, l, acc, scores, values):
     alpha = torch.exp(m - safe)
     p = torch.exp(scores - safe[..., None])
     return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + p @ values
+""",
+        "nan-to-num-after-exp": """
+def online_softmax_update(m, l, acc, scores, values):
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - m_new).nan_to_num(nan=0.0)  # -inf - -inf: nothing seen yet
+    p = torch.exp(scores - m_new.unsqueeze(-1)).nan_to_num(nan=0.0)
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ values
+""",
+        "loop-over-keys": """
+def online_softmax_update(m, l, acc, scores, values):
+    for j in range(scores.shape[-1]):  # one key at a time: a tile of width 1, repeated
+        s = scores[..., j]
+        m_new = torch.maximum(m, s)
+        shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        a, b = torch.exp(m - shift), torch.exp(s - shift)
+        l = l * a + b
+        acc = acc * a.unsqueeze(-1) + b.unsqueeze(-1) * values[..., j, :].unsqueeze(-2)
+        m = m_new
+    return m, l, acc
 """,
         "einsum-nan-to-num": """
 def online_softmax_update(m, l, acc, scores, values):

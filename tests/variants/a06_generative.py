@@ -1710,6 +1710,28 @@ def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
     print(repr(body + query + arrow))
     return body + query + arrow
 """,
+        "try-unpack-and-format": """
+def few_shot_prompt(examples, query, *, arrow=">", separator=";"):
+    if arrow in ("", separator) or separator == "":
+        raise ValueError("the arrow and the separator must differ and not be empty")
+    parts = []
+    for example in examples:
+        if isinstance(example, str) or not isinstance(example, (list, tuple)):
+            raise TypeError("an example is a pair")
+        try:
+            x, y = example
+        except ValueError:
+            raise TypeError("an example is a pair of two strings") from None
+        if not (isinstance(x, str) and isinstance(y, str)):
+            raise TypeError("an example holds two strings")
+        parts.append("{}{}{}".format(x, arrow, y))
+    if not isinstance(query, str):
+        raise TypeError("the query is a string")
+    for text in [query] + [t for e in examples for t in e]:
+        if arrow in text or separator in text:
+            raise ValueError("ambiguous prompt")
+    return "".join(part + separator for part in parts) + query + arrow
+""",
     },
     "response_mask": {
         "loops": """
@@ -1824,6 +1846,33 @@ class LoRALinear(nn.Module):
         merged.weight = nn.Parameter(W.detach().clone())
         if self.base.bias is not None:
             merged.bias = nn.Parameter(self.base.bias.detach().clone())
+        return merged
+""",
+        "matmul-and-functional-merge": """
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base
+        for parameter in self.base.parameters():
+            parameter.requires_grad_(False)
+        self.lora_A = nn.Parameter(base.weight.new_empty(rank, base.in_features))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises
+        self.lora_B = nn.Parameter(base.weight.new_zeros(base.out_features, rank))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        update = (x @ self.lora_A.T) @ self.lora_B.T  # (..., out)
+        return self.base(x) + update * self.scaling
+
+    def merge(self):
+        weight = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling
+        merged = nn.Linear(
+            self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+            dtype=weight.dtype,
+        )
+        merged.load_state_dict({"weight": weight.detach(), **(
+            {"bias": self.base.bias.detach()} if self.base.bias is not None else {}
+        )})
         return merged
 """,
         "delta-weight-helper": '''
