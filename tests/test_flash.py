@@ -213,9 +213,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="rank >= 3"):
         flash_attention(q[0, 0], k[0, 0], v[0, 0])
-    with pytest.raises(ValueError, match="same last dim D"):
+    with pytest.raises(ValueError, match="same last dim"):
         flash_attention(q, k[..., :4], v)
-    with pytest.raises(ValueError, match="same length Tk"):
+    with pytest.raises(ValueError, match="same length"):
         flash_attention(q, k, v[..., :5, :])
     with pytest.raises(ValueError, match="leading"):
         flash_attention(q, k[:1], v[:1])

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from tutorlib.attention import _check_qkv
+
 __all__ = [
     "flash_attention",
     "online_softmax_update",
@@ -134,31 +136,11 @@ def tile_counts(
 def _check_inputs(
     query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, block_q: int, block_k: int
 ) -> None:
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got {x.dtype}")
-        if x.dim() < 3:
-            raise ValueError(
-                f"{name}: expected (batch, ..., seq, dim) with rank >= 3, got {tuple(x.shape)}"
-            )
-    if not query.dtype == key.dtype == value.dtype:
-        raise TypeError(f"dtypes differ: query {query.dtype}, key {key.dtype}, value {value.dtype}")
-    if query.shape[-1] != key.shape[-1]:
+    _check_qkv(query, key, value)  # tensors, floating point, one dtype, matching sizes
+    if query.dim() < 3:
         raise ValueError(
-            f"query and key need the same last dim D, got query {tuple(query.shape)} and "
-            f"key {tuple(key.shape)}"
-        )
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(
-            f"key and value need the same length Tk, got key {tuple(key.shape)} and "
-            f"value {tuple(value.shape)}"
-        )
-    if not query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
-        raise ValueError(
-            f"leading (batch, head) dims differ: query {tuple(query.shape)}, "
-            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
+            f"query, key, value: expected (batch, ..., seq, dim) with rank >= 3, got "
+            f"{tuple(query.shape)}"
         )
     if query.shape[-2] == 0 or key.shape[-2] == 0:
         raise ValueError(
