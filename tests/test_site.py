@@ -399,3 +399,41 @@ def test_the_build_reports_each_pages_execution_time(site: Path) -> None:
             assert re.search(
                 rf"^  {re.escape(name)} +[0-9.]+  (executed now|from the cache)$", text, re.M
             ), f"{name} missing from the table:\n{text}"
+
+
+def test_merged_streams_leave_the_cell_outputs_unchanged() -> None:
+    """The page shows a cell's printed lines as one block (`nb_merge_streams`); the executed
+    notebook it offers for download keeps the outputs as they were (book/_ext/course_site.py)."""
+    import nbformat
+    from myst_nb.core import render
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import course_site
+
+    course_site.merge_streams_on_copies()
+    course_site.merge_streams_on_copies()  # twice: still one layer
+    outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="first\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "a progress bar"}),
+        nbformat.v4.new_output("stream", name="stdout", text="second\n"),
+    ]
+    merged = render.coalesce_streams(outputs)
+    assert [o["output_type"] for o in merged] == ["stream", "display_data"]
+    assert merged[0]["text"] == "first\nsecond\n"
+    assert outputs[0]["text"] == "first\n" and outputs[2]["text"] == "second\n"
+
+
+def test_downloadable_notebooks_print_each_line_once(site: Path) -> None:
+    """No cell of an executed notebook offered for download repeats, in a later stdout output,
+    a line already in its first one (which in-place merging of streams used to do)."""
+    repeated = []
+    for path in sorted((site / "_sources").glob("book/*/*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            texts = [
+                "".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+                for o in cell.get("outputs", [])
+                if o.get("output_type") == "stream" and o.get("name") == "stdout"
+            ]
+            if any(t.strip() and t in texts[0] for t in texts[1:]):
+                repeated.append(f"{path.relative_to(site)} cell {i}")
+    assert not repeated, repeated

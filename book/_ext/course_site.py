@@ -13,10 +13,15 @@
   throws "Identifier 'THEBE_JS_URL' has already been declared" in the browser) is kept once.
 - At the end of the build, a table of every executed page in `_build/execution-times.txt`:
   seconds, and whether it ran in this build or came from the execution cache.
+- A cell's printed lines are merged for display (`nb_merge_streams`) without changing the
+  notebook that the page's download button serves: MyST-NB merges them into the cell's first
+  output in place, so the downloaded notebook repeated every line printed after a progress bar
+  or a figure.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -272,7 +277,24 @@ def format_times(rows: list[tuple[str, float, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_streams_on_copies() -> None:
+    """Make MyST-NB's `coalesce_streams` merge copies of a cell's outputs, not the outputs
+    themselves: it appends every later stream to the first stream object, and the executed
+    notebook written for download (`_sources/**/*.ipynb`) kept both, so that each line printed
+    after a progress bar or a figure appeared twice there."""
+    from myst_nb.core import render
+
+    original = getattr(render.coalesce_streams, "__wrapped__", render.coalesce_streams)
+
+    def coalesce_copies(outputs: list) -> list:
+        return original([copy.deepcopy(output) for output in outputs])
+
+    coalesce_copies.__wrapped__ = original  # type: ignore[attr-defined]
+    render.coalesce_streams = coalesce_copies
+
+
 def setup(app: Sphinx) -> dict:
+    merge_streams_on_copies()
     app.setup_extension("sphinx.ext.autodoc")  # for autodoc-process-docstring
     app.connect("config-inited", launch_substitutions)
     app.connect("builder-inited", remember_start)
