@@ -72,11 +72,12 @@ def expect_named_alone(check, candidate, hint: str, seeds=HIDDEN_SEEDS) -> None:
 NOT_ALLOWED = "Not allowed in this exercise"
 
 
-def expect_refused(check, cheat) -> None:
+def expect_refused(check, cheat, hidden: bool = True) -> None:
     """`check(cheat)` fails because the cheat runs something the exercise forbids, in the
-    visible tests and in the hidden ones."""
+    visible tests and (unless `hidden` is False) in the hidden ones."""
     expect_hint(check, cheat, NOT_ALLOWED, hidden=False)
-    expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
+    if hidden:
+        expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.conftest import HIDDEN_SEEDS, expect_hint, expect_pass
+from tests.conftest import (
+    expect_hint,
+    expect_named_alone,
+    expect_pass,
+    expect_refused,
+)
 from tests.grading import solution_namespace
 from tutorlib import attention, embeddings, layers
-from tutorlib.checks import Exercise, ExerciseError, draw
+from tutorlib.checks import Exercise, ExerciseError
 from tutorlib.checks import modern as checks
 from tutorlib.checks.draw import Draw
 
@@ -32,21 +37,6 @@ F64 = torch.float64
 @pytest.fixture(scope="module")
 def solution() -> dict:
     return solution_namespace("06_generative")
-
-
-def expect_named_alone(check, candidate, hint: str, seeds=HIDDEN_SEEDS) -> None:
-    """`check(candidate)` fails naming `hint` and no other mistake, under every seed."""
-    for seed in seeds:
-        draw._use_seed(seed)
-        with pytest.raises(ExerciseError) as error:
-            check(candidate, hidden=True)
-        message = str(error.value)
-        assert hint in message and "one of these" not in message, f"seed {seed}: {message}"
-
-
-def expect_refused(check, cheat) -> None:
-    expect_hint(check, cheat, NOT_ALLOWED, hidden=False)
-    expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
 
 
 def _distinct(values: list[torch.Tensor]) -> bool:

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.conftest import HIDDEN_SEEDS, expect_hint, expect_pass
+from tests.conftest import (
+    HIDDEN_SEEDS,
+    expect_hint,
+    expect_named_alone,
+    expect_pass,
+    expect_refused,
+)
 from tests.grading import solution_namespace
 from tutorlib import attention, compression, scaling
 from tutorlib.checks import Exercise, ExerciseError, draw
@@ -29,23 +35,6 @@ MANY_SEEDS = [f"many-{i}" for i in range(40)]  # for the properties of the hidde
 @pytest.fixture(scope="module")
 def solution() -> dict:
     return solution_namespace("04_scaling")
-
-
-def expect_named_alone(check, candidate, hint: str, seeds=HIDDEN_SEEDS) -> None:
-    """`check(candidate)` fails naming `hint` and no other mistake, under every seed: the first
-    hidden case tells this mistake apart from all the others."""
-    for seed in seeds:
-        draw._use_seed(seed)
-        with pytest.raises(ExerciseError) as error:
-            check(candidate, hidden=True)
-        message = str(error.value)
-        assert hint in message and "one of these" not in message, f"seed {seed}: {message}"
-
-
-def expect_refused(check, cheat, hidden: bool = True) -> None:
-    expect_hint(check, cheat, NOT_ALLOWED, hidden=False)
-    if hidden:
-        expect_hint(check, cheat, NOT_ALLOWED, seeds=["refused"])
 
 
 @pytest.mark.parametrize(
