@@ -37,6 +37,7 @@ from tutorlib.checks import (
     expect_equal,
     watch_module,
 )
+from tutorlib.checks.compare import _named as _one_hint
 from tutorlib.checks.generative import _named
 from tutorlib.checks.guard import ATTENTION_KERNELS
 
@@ -53,13 +54,6 @@ _exp, _maximum, _where, _isinf = torch.exp, torch.maximum, torch.where, torch.is
 _isfinite, _full, _zeros, _equal = torch.isfinite, torch.full, torch.zeros, torch.equal
 _sort, _tensor, _stack = torch.sort, torch.tensor, torch.stack
 _F64, _F32, _INF = torch.float64, torch.float32, float("inf")
-
-
-def _one_of(hints: list[str]) -> str | None:
-    """One hint, or all of them when the inputs cannot tell the mistakes apart."""
-    if len(hints) > 1:
-        return "one of these. " + " Or: ".join(hints)
-    return hints[0] if hints else None
 
 
 def _public(module: Any) -> tuple[Any, ...]:
@@ -602,7 +596,7 @@ def _check_update_case(ex: Exercise, fn: Callable, *state: Tensor) -> None:
     if not _same_state(out, want):  # name the mistakes whose whole state it is
         same = [UPDATE_MISTAKES[k] for k, state in variants.items() if _same_state(out, state)]
         if same:
-            raise ExerciseError(f"{where}: (m, l, acc) is not right", hint=_one_of(same))
+            raise ExerciseError(f"{where}: (m, l, acc) is not right", hint=_one_hint(same))
     atol = 1e-10 if s.dtype == _F64 else 1e-5
     for i, name in enumerate(("m", "l", "acc")):
         value = out[i]
