@@ -23,7 +23,10 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ import nbclient
 import nbformat
 import yaml
 from myst_nb.core.read import read_myst_markdown_notebook
+from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = ROOT / "_build" / "executed"
@@ -143,22 +147,38 @@ def seconds_budget(path: Path) -> int:
     return LONG_PAGES.get(path.resolve().relative_to(ROOT).as_posix(), SECONDS_BUDGET)
 
 
+@contextmanager
+def unix_socket_kernels() -> Iterator[Config]:
+    """nbclient configuration whose kernels talk over Unix sockets in a folder of their own.
+
+    By default a kernel listens on five TCP ports that jupyter_client picks as free and then
+    releases for the kernel to bind; a kernel that another process (a test worker starting its
+    own kernel, a page's `torch.distributed` run) starts in between finds a port taken and
+    dies before it replies ("Address already in use"). Sockets in a private folder cannot
+    collide.
+    """
+    with tempfile.TemporaryDirectory(prefix="kernel-") as folder:
+        yield Config({"KernelManager": {"transport": "ipc", "ip": f"{folder}/k"}})
+
+
 def measure(path: Path, timeout: int | None = None) -> Measurement:
     """Execute `path` in a fresh kernel (cwd = its folder); raises if a cell fails."""
     timeout = timeout or 2 * seconds_budget(path)
     path = path.resolve()
     nb = read(path)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        record_timing=False,  # timestamps in the cells' metadata would change their cache hash
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    start = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - start
+    with unix_socket_kernels() as config:
+        client = nbclient.NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            record_timing=False,  # timestamps in the cells' metadata would change their cache hash
+            resources={"metadata": {"path": str(path.parent)}},
+            config=config,
+        )
+        start = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - start
     # The kernel may flush a print in several stream messages: read them together.
     stdout = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
     probe = json.loads(stdout.split("BUDGET_PROBE", 1)[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,31 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """nbval's kernels (the solution notebooks) talk over Unix sockets, as measure's do.
+
+    nbval starts each kernel on TCP ports that jupyter_client picks as free and releases for the
+    kernel to bind, and a kernel started meanwhile by the other test worker can take one first:
+    the kernel dies ("Address already in use"). tests.budgets.unix_socket_kernels says more.
+    """
+    try:
+        import nbval.kernel
+    except ImportError:
+        return
+    import itertools
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="nbval-kernels-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    count = itertools.count()
+
+    class UnixSocketKernelManager(nbval.kernel.KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(transport="ipc", ip=f"{folder}/k{next(count)}", **kwargs)
+
+    nbval.kernel.KernelManager = UnixSocketKernelManager
 
 
 # The hidden tests draw their inputs from a seed (tutorlib.checks.draw); these tests fix it, and

@@ -18,6 +18,8 @@ from pathlib import Path
 import nbclient
 import nbformat
 
+from tests.budgets import unix_socket_kernels
+
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 EXERCISES = ROOT / "exercises"
@@ -86,14 +88,16 @@ def _merge_streams(cell: nbformat.NotebookNode) -> None:
 def execute_in_place(path: Path, timeout: int = 120) -> None:
     """Execute a notebook and store its outputs, without per-cell timestamps."""
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        record_timing=False,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()
+    with unix_socket_kernels() as config:
+        client = nbclient.NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            record_timing=False,
+            resources={"metadata": {"path": str(path.parent)}},
+            config=config,
+        )
+        client.execute()
     for cell in nb.cells:
         if cell.cell_type == "code":
             _merge_streams(cell)

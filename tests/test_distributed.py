@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.budgets import unix_socket_kernels
 from tutorlib.distributed import (
     ddp_worker,
     launch,
@@ -128,7 +129,8 @@ def test_launch_from_a_notebook_kernel_cleans_up_after_a_failing_cell() -> None:
         "print('children', [c for c in kids if c != tracker])",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(notebook, timeout=120, allow_errors=True).execute()
+    with unix_socket_kernels() as config:
+        nbclient.NotebookClient(notebook, timeout=120, allow_errors=True, config=config).execute()
     first, failing, last = notebook.cells
     assert "ok 2" in first.outputs[0]["text"]
     error = failing.outputs[0]

@@ -17,6 +17,7 @@ from tests.budgets import (
     seconds_budget,
     solution_notebooks,
     toc_files,
+    unix_socket_kernels,
 )
 
 # Results a page promises: regular expressions over what its cells print, each with the least
@@ -154,3 +155,18 @@ def test_every_notebook_has_a_measured_budget_row() -> None:
         f"no measurement in book/budgets.json for {missing}: run "
         f"`python -m tests.budgets --write-readme --only {' '.join(missing)}`"
     )
+
+
+def test_kernels_started_for_the_pages_bind_no_tcp_port() -> None:
+    """A kernel on TCP ports can lose a port to the other test worker's kernel and die before it
+    starts (it did, in CI); measure's kernels and nbval's (tests/conftest.py) use Unix sockets."""
+    import nbclient
+    import nbformat
+    import nbval.kernel
+
+    probe = "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().transport)"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)])
+    with unix_socket_kernels() as config:
+        nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", config=config).execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == "ipc"
+    assert nbval.kernel.KernelManager().transport == "ipc"
