@@ -52,6 +52,9 @@ LONG_PAGES = {
     "book/04_scaling/11_speculative_decoding.md": 120,
     "book/05_vision/02_vit_digits.md": 240,
     "book/05_vision/04_detr.md": 120,
+    # Synthesizes 2,000 utterances with eSpeak NG on first use (about 18 s; cached after), then
+    # trains the transcriber for 600 steps (about 40 s on one thread).
+    "book/05_vision/07_speech.md": 120,
     # The chapter's GPT trains within 3 minutes on 2 cores (issue 7), once: the first of the two
     # pages to run trains it and keeps it in the tutorlib cache, the other one waits and loads it.
     "book/06_generative/01_gpt.md": 180,

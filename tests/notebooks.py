@@ -29,7 +29,7 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    package = "tutorlib[pretrained] @ git+{url}@{branch}"
+    package = "tutorlib[pretrained,speech] @ git+{url}@{branch}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 """
 

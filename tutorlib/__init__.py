@@ -5,10 +5,12 @@ One module per concept, in the order the book introduces them: `embeddings`, `at
 `data` (generated tasks), `plotting`; then Chapter 4's `scaling` (counting compute and memory),
 `inference` (the KV cache), `compression`, `distributed`, `flash` (FlashAttention's tiled
 softmax), `moe` (mixture-of-experts layers) and `speculative` (speculative decoding); Chapter 5's
-`vision`, `detection` and `multimodal`; Chapter 6's `generation` (language modelling and
-sampling), `pixels` (images as tokens), `pretrained` (real weights in tutorlib's layers),
-`incontext` (few-shot prompts), `posttraining` (chat template, supervised fine-tuning, DPO) and
-`adapters` (LoRA). `checks` holds what the exercises' tests call.
+`vision`, `detection`, `multimodal`, `swin` (shifted windows), `speech` (log-mel spectrograms and
+synthesized speech) and `proteins` (a Potts model and contacts read from attention); Chapter 6's
+`generation` (language modelling and sampling), `pixels` (images as tokens), `pretrained` (real
+weights in tutorlib's layers), `incontext` (few-shot prompts), `posttraining` (chat template,
+supervised fine-tuning, DPO), `adapters` (LoRA) and `fairness` (WEAT and SEAT association
+tests). `checks` holds what the exercises' tests call.
 """
 
 from __future__ import annotations
