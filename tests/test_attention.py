@@ -380,3 +380,39 @@ def test_the_fast_rotation_is_apply_rotary(dtype) -> None:
     (grad_fast,) = torch.autograd.grad(fast, x, g)
     (grad_slow,) = torch.autograd.grad(slow, x, g)
     torch.testing.assert_close(grad_fast, grad_slow)
+
+
+from tutorlib.attention import record_attention_weights  # noqa: E402
+
+
+@pytest.mark.parametrize("module", ["tutorlib", "torch"])
+def test_recorded_attention_weights_are_the_modules_own_and_the_hooks_go(module: str) -> None:
+    """The weights recorded while a model runs are those the module returns when asked
+    directly (per head, not averaged), one tensor per call, and no hook stays behind, also
+    when the run raises."""
+    torch.manual_seed(0)
+    if module == "tutorlib":
+        attention = MultiHeadAttention(16, 4)
+    else:
+        attention = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    attention.eval()
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+
+    recorded = record_attention_weights(
+        [attention], lambda: (attention(x, x, x), attention(y, x, x))
+    )
+
+    direct = [attention(q, x, x, need_weights=True, average_attn_weights=False)[1] for q in (x, y)]
+    assert [r.shape for r in recorded] == [(2, 4, 5, 5), (2, 4, 7, 5)]
+    for r, d in zip(recorded, direct, strict=True):
+        torch.testing.assert_close(r, d)
+        torch.testing.assert_close(r.sum(-1), torch.ones(r.shape[:-1]))
+    assert not attention._forward_hooks and not attention._forward_pre_hooks
+
+    def failing() -> None:
+        attention(x, x, x)
+        raise RuntimeError("the run failed")
+
+    with pytest.raises(RuntimeError, match="the run failed"):
+        record_attention_weights([attention], failing)
+    assert not attention._forward_hooks and not attention._forward_pre_hooks

@@ -15,6 +15,7 @@ Book: 1.4 Encoders and decoders (the causal mask); Chapter 2, Attention.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ __all__ = [
     "grouped_query_attention",
     "linear_attention",
     "padding_mask",
+    "record_attention_weights",
     "scaled_dot_product_attention",
     "sliding_window_mask",
     "strided_mask",
@@ -553,6 +555,41 @@ def _and(mask: Tensor, allowed: Tensor) -> Tensor:
     if mask.dtype == torch.bool:
         return mask & allowed
     return mask.masked_fill(~allowed, float("-inf"))
+
+
+def record_attention_weights(
+    attentions: Iterable[nn.Module], run: Callable[[], object]
+) -> list[Tensor]:
+    """Call `run()` and return the attention weights, per head, that the modules in
+    `attentions` computed during it, in the order they ran. Forward hooks ask each module for
+    its weights (`need_weights=True, average_attn_weights=False`) while the model runs as
+    usual, and are removed afterwards, also when `run` raises. The modules must take those
+    keyword arguments and return (output, weights), as `MultiHeadAttention` and
+    `torch.nn.MultiheadAttention` do. Row t of a head's map is where position t reads from.
+
+    Shapes:
+        one tensor (B, H, T, S) per call of a module, each row summing to 1
+
+    Book: 6.8 In-context learning; 5.8 What a protein language model learns.
+    """
+    maps: list[Tensor] = []
+
+    def ask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def keep(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
+        maps.append(output[1])
+
+    handles = []
+    try:
+        for attention in attentions:
+            handles.append(attention.register_forward_pre_hook(ask, with_kwargs=True))
+            handles.append(attention.register_forward_hook(keep, with_kwargs=True))
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return maps
 
 
 # --- Linear attention -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from tutorlib.attention import KVCache
+from tutorlib.attention import KVCache, record_attention_weights
 from tutorlib.models import DecoderOnly
 from tutorlib.training import fit, label_smoothed_cross_entropy
 
@@ -415,24 +415,8 @@ def attention_weights(model: DecoderOnly, tokens: Tensor) -> list[Tensor]:
     Book: 6.8 In-context learning.
     """
     _check_decoder(model)
-    maps: list[Tensor] = []
-
-    def ask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
-
-    def keep(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
-        maps.append(output[1])  # (B, H, T, T)
-
-    handles = []
-    for layer in model.decoder.layers:
-        handles.append(layer.self_attn.register_forward_pre_hook(ask, with_kwargs=True))
-        handles.append(layer.self_attn.register_forward_hook(keep, with_kwargs=True))
-    try:
-        model(tokens)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return maps
+    layers = [layer.self_attn for layer in model.decoder.layers]
+    return record_attention_weights(layers, lambda: model(tokens))
 
 
 @contextmanager

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from tutorlib.attention import record_attention_weights
 from tutorlib.models import EncoderOnly
 from tutorlib.training import mask_for_mlm
 
@@ -395,7 +396,7 @@ def mlm_batch(
 def attention_maps(model: EncoderOnly, tokens: Tensor) -> Tensor:
     """Every layer's and every head's attention weights for `tokens`, recorded with forward
     hooks that ask each layer's attention for its weights (`need_weights=True`) while the
-    model runs as usual (the mechanism of `tutorlib.incontext.attention_weights`); the hooks
+    model runs as usual (`tutorlib.attention.record_attention_weights`); the hooks
     are removed afterwards. Row t of a map is where position t reads from.
 
     Shapes:
@@ -405,25 +406,12 @@ def attention_maps(model: EncoderOnly, tokens: Tensor) -> Tensor:
     """
     if not isinstance(model, EncoderOnly):
         raise TypeError(f"model must be an EncoderOnly, got {type(model).__name__}")
-    maps: list[Tensor] = []
-
-    def ask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
-
-    def keep(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
-        maps.append(output[1])  # (B, H, T, T)
-
     was_training = model.training
     model.eval()
-    handles = []
-    for layer in model.encoder.layers:
-        handles.append(layer.self_attn.register_forward_pre_hook(ask, with_kwargs=True))
-        handles.append(layer.self_attn.register_forward_hook(keep, with_kwargs=True))
     try:
-        model(tokens)
+        layers = [layer.self_attn for layer in model.encoder.layers]
+        maps = record_attention_weights(layers, lambda: model(tokens))
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     return torch.stack(maps, dim=1)  # (B, n_layers, H, T, T)
 
