@@ -144,6 +144,7 @@ ROUND_TRIPS = {
         failing_test="test_info_nce",
         diagnosis="Likely mistake: the temperature is inverted",
         written="inductive_bias",
+        also_written=("random_control",),  # 03_windows_sound_proteins
     ),
     "06_generative": RoundTrip(
         mistake_notebook="01_language_modelling",

@@ -463,3 +463,452 @@ CASES = [
         lose={"test_matching_cost": "changed an input"},
     ),
 ]
+
+# --- 03_windows_sound_proteins ----------------------------------------------------------------
+
+X = "03_windows_sound_proteins"
+NOT_ALLOWED = "Not allowed in this exercise"
+
+# right answers, written differently
+
+MASK_SWIN_SLICES = """
+def shifted_window_mask(height, width, window, shift):
+    img = torch.zeros(height, width)
+    count = 0
+    for h in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for w in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            img[h, w] = count  # Swin's own construction, written out
+            count += 1
+    windows = img.view(height // window, window, width // window, window).transpose(1, 2)
+    windows = windows.reshape(-1, window * window)
+    return (windows.unsqueeze(1) - windows.unsqueeze(2)) == 0
+"""
+
+MEL_LOOP = """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def to_mel(f):
+        return 3 * f / 200 if f < 1000 else 15 + 27 * math.log(f / 1000) / math.log(6.4)
+
+    def to_hz(m):
+        return 200 * m / 3 if m < 15 else 1000 * 6.4 ** ((m - 15) / 27)
+
+    top = to_mel(sample_rate / 2)
+    edges = [to_hz(top * i / (n_mels + 1)) for i in range(n_mels + 2)]
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    bank = torch.zeros(n_mels, n_fft // 2 + 1, dtype=torch.float64)
+    for m in range(n_mels):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        tri = torch.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid))
+        bank[m] = tri.clamp(min=0) * 2 / (hi - lo)
+    return bank
+"""
+
+WER_FULL_TABLE = """
+def word_error_rate(references, hypotheses):
+    edits = 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        d = [[max(i, j) if min(i, j) == 0 else 0 for j in range(len(h) + 1)]
+             for i in range(len(r) + 1)]
+        for i in range(1, len(r) + 1):
+            for j in range(1, len(h) + 1):
+                same = d[i - 1][j - 1] + (r[i - 1] != h[j - 1])
+                d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, same)
+        edits += d[-1][-1]
+    return edits / sum(len(ref.split()) for ref in references)
+"""
+
+PRECISION_TOPK = """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = scores.shape[0]
+    i = torch.arange(L)
+    allowed = (i[None, :] - i[:, None]) >= min_separation
+    best = torch.topk(scores.masked_fill(~allowed, float("-inf")).flatten(), k).indices
+    return contacts.flatten()[best].double().mean().item()
+"""
+
+APC_SUBTRACT_DIAGONAL = """
+def apc(x):
+    L = x.shape[-1]
+    diag = torch.diagonal(x, dim1=-2, dim2=-1)
+    row = (x.sum(-1) - diag) / (L - 1)
+    col = (x.sum(-2) - diag) / (L - 1)
+    total = (x.sum((-2, -1)) - diag.sum(-1)) / (L * (L - 1))
+    corrected = x - row.unsqueeze(-1) * col.unsqueeze(-2) / total[..., None, None]
+    return corrected.masked_fill(torch.eye(L, dtype=torch.bool), 0.0)
+"""
+
+# typical mistakes
+
+MASK_ROWS_ONLY = """
+def shifted_window_mask(height, width, window, shift):
+    i = torch.arange(height)
+    rows = (i >= height - window).long() + (i >= height - shift).long()
+    labels = rows[:, None].expand(height, width)
+    w = labels.reshape(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    return w[:, :, None] == w[:, None, :]
+"""
+
+MEL_PEAK_ONE = """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def to_mel(f):
+        return 3 * f / 200 if f < 1000 else 15 + 27 * math.log(f / 1000) / math.log(6.4)
+
+    def to_hz(m):
+        return 200 * m / 3 if m < 15 else 1000 * 6.4 ** ((m - 15) / 27)
+
+    top = to_mel(sample_rate / 2)
+    f = [to_hz(top * i / (n_mels + 1)) for i in range(n_mels + 2)]
+    f = torch.tensor(f, dtype=torch.float64)
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    return torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)).clamp(min=0)
+"""
+
+WER_MEAN_OF_RATES = """
+def word_error_rate(references, hypotheses):
+    rates = []
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        prev = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            cur = [i]
+            for j in range(1, len(h) + 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+            prev = cur
+        rates.append(prev[-1] / len(r))
+    return sum(rates) / len(rates)
+"""
+
+PRECISION_BOTH_TRIANGLES = """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = scores.shape[0]
+    i = torch.arange(L)
+    far = (i[:, None] - i[None, :]).abs() >= min_separation
+    best = torch.topk(scores.masked_fill(~far, float("-inf")).flatten(), k).indices
+    return contacts.flatten()[best].double().mean().item()
+"""
+
+MASK_REGIONS_AT_START = """
+def shifted_window_mask(height, width, window, shift):
+    def regions(n):
+        i = torch.arange(n)
+        return (i >= shift).long() + (i >= window).long()
+
+    labels = 3 * regions(height)[:, None] + regions(width)[None, :]
+    w = labels.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    return w[:, :, None] == w[:, None, :]
+"""
+
+MEL_HTK = """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    top = 2595 * math.log10(1 + sample_rate / 2 / 700)
+    f = 700 * (10 ** (torch.linspace(0, top, n_mels + 2, dtype=torch.float64) / 2595) - 1)
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    tri = torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)).clamp(min=0)
+    return tri * 2 / (hi - lo)
+"""
+
+WER_POSITIONAL = """
+def word_error_rate(references, hypotheses):
+    errors = words = 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        errors += sum(a != b for a, b in zip(r, h)) + abs(len(r) - len(h))
+        words += len(r)
+    return errors / words
+"""
+
+PRECISION_NO_SEPARATION = """
+def contact_precision(scores, contacts, k, min_separation=6):
+    i, j = torch.triu_indices(len(scores), len(scores), offset=1)
+    top = torch.argsort(scores[i, j], descending=True)[:k]
+    return contacts[i[top], j[top]].sum().item() / k
+"""
+
+APC_DIAGONAL_IN_MEANS = """
+def apc(x):
+    row = x.mean(dim=-1, keepdim=True)
+    col = x.mean(dim=-2, keepdim=True)
+    out = x - row * col / x.mean(dim=(-2, -1), keepdim=True)
+    return out * (1 - torch.eye(x.shape[-1], dtype=x.dtype))
+"""
+
+APC_ROW_MEANS_TWICE = """
+def apc(x):
+    L = x.shape[-1]
+    off = x * (1 - torch.eye(L, dtype=x.dtype))
+    means = off.sum(-1) / (L - 1)
+    total = off.sum((-2, -1)) / (L * (L - 1))
+    product = means[..., :, None] * means[..., None, :] / total[..., None, None]
+    return (off - product) * (1 - torch.eye(L, dtype=x.dtype))
+"""
+
+# exploits
+
+APC_ALIAS = """
+from tutorlib.proteins import apc as average_product_correction
+
+
+def apc(x):
+    return average_product_correction(x)
+"""
+
+MASK_ALIAS = """
+from tutorlib.swin import shifted_window_mask as swin_mask
+
+
+def shifted_window_mask(height, width, window, shift):
+    return swin_mask(height, width, window, shift)
+"""
+
+MASK_HUGGING_FACE = """
+from transformers.models.swin.modeling_swin import window_partition
+
+
+def shifted_window_mask(height, width, window, shift):
+    img = torch.zeros(1, height, width, 1)
+    count = 0
+    for h in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for w in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            img[:, h, w, :] = count
+            count += 1
+    windows = window_partition(img, window).view(-1, window * window)  # Hugging Face's
+    return windows[:, :, None] == windows[:, None, :]
+"""
+
+MEL_HUGGING_FACE = """
+from transformers.audio_utils import mel_filter_bank
+
+
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    bank = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=sample_rate / 2,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(bank).T
+"""
+
+MEL_RUNPY = """
+import runpy
+
+import tutorlib.speech
+
+_copy = runpy.run_path(tutorlib.speech.__file__)
+
+
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    return _copy["mel_filterbank"](n_mels, n_fft, sample_rate).double()
+"""
+
+WER_RAPIDFUZZ = """
+from rapidfuzz.distance import Levenshtein
+
+
+def word_error_rate(references, hypotheses):
+    edits = sum(Levenshtein.distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
+    return edits / sum(len(r.split()) for r in references)
+"""
+
+WER_TUTORLIB_DISTANCE = """
+from tutorlib import speech
+
+distance = speech.edit_distance  # the page's dynamic programme, under another name
+
+
+def word_error_rate(references, hypotheses):
+    edits = sum(distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
+    return edits / sum(len(r.split()) for r in references)
+"""
+
+PRECISION_CHECKS_REFERENCE = """
+def contact_precision(scores, contacts, k, min_separation=6):
+    return checks._precision(scores, contacts, k, min_separation)  # the checks' own reference
+"""
+
+PRECISION_TUTORLIB = """
+import tutorlib.proteins as p
+
+
+def contact_precision(scores, contacts, k, min_separation=6):
+    return p.precision_at_k(scores, contacts.numpy(), k, min_separation)
+"""
+
+MEL_PATCHES_THE_NEXT_CHECK = (
+    MEL_PEAK_ONE
+    + """
+
+checks.check_word_error_rate = lambda *args, **kwargs: print(
+    "OK: word_error_rate passes the tests."
+)
+"""
+)
+
+PRECISION_VISIBLE_ONLY = """
+def contact_precision(scores, contacts, k, min_separation=6):
+    return {(4, 6): 0.75, (5, 4): 0.4}.get((k, min_separation), 0.5)  # the worked examples
+"""
+
+CASES += [
+    Case(
+        "variants-windows-sound-proteins",
+        "correct",
+        X,
+        {
+            "shifted_window_mask": MASK_SWIN_SLICES,
+            "mel_filterbank": MEL_LOOP,
+            "word_error_rate": WER_FULL_TABLE,
+            "contact_precision": PRECISION_TOPK,
+            "apc": APC_SUBTRACT_DIAGONAL,
+        },
+        "Swin's slices of a label image; a loop over the filters in Python floats; the full "
+        "table of distances; a masked top-k over the whole matrix; the diagonal subtracted from "
+        "the sums",
+    ),
+    Case(
+        "mistakes-windows-sound-proteins",
+        "mistake",
+        X,
+        {
+            "shifted_window_mask": MASK_ROWS_ONLY,
+            "mel_filterbank": MEL_PEAK_ONE,
+            "word_error_rate": WER_MEAN_OF_RATES,
+            "contact_precision": PRECISION_BOTH_TRIANGLES,
+            "apc": APC_DIAGONAL_IN_MEANS,
+        },
+        "only the rows labelled; triangles of peak 1; the mean of the sentences' rates; each pair "
+        "ranked twice; the diagonal counted in APC's means",
+        lose={
+            "test_apc": "the diagonal is counted in the means",
+            "test_shifted_window_mask": "only the rows are labelled",
+            "test_mel_filterbank": "the triangles are not area-normalised",
+            "test_word_error_rate": "this is the mean of the sentences' error rates",
+            "test_contact_precision": "each pair is ranked twice",
+        },
+    ),
+    Case(
+        "mistakes-windows-sound-proteins-edges",
+        "mistake",
+        X,
+        {
+            "shifted_window_mask": MASK_REGIONS_AT_START,
+            "mel_filterbank": MEL_HTK,
+            "word_error_rate": WER_POSITIONAL,
+            "contact_precision": PRECISION_NO_SEPARATION,
+            "apc": APC_ROW_MEANS_TWICE,
+        },
+        "the wrapped strip at the start of each axis; the HTK mel scale; words compared by "
+        "position; no minimum separation; APC from the row means twice",
+        lose={
+            "test_apc": "the row means are used twice",
+            "test_shifted_window_mask": "the regions are at the start of each axis",
+            "test_mel_filterbank": "this is the HTK mel scale",
+            "test_word_error_rate": "the words are compared position by position",
+            "test_contact_precision": "pairs closer than min_separation are ranked too",
+        },
+    ),
+    Case(
+        "alias-swin-mask",
+        "exploit",
+        X,
+        {"shifted_window_mask": MASK_ALIAS},
+        "the reference under another name (tutorlib.swin.shifted_window_mask as ...)",
+        lose={"test_shifted_window_mask": NOT_ALLOWED},
+    ),
+    Case(
+        "hugging-face-swin",
+        "exploit",
+        X,
+        {"shifted_window_mask": MASK_HUGGING_FACE},
+        "the library's windows: Hugging Face's Swin window_partition of a label image",
+        lose={"test_shifted_window_mask": NOT_ALLOWED},
+    ),
+    Case(
+        "hugging-face-mel",
+        "exploit",
+        X,
+        {"mel_filterbank": MEL_HUGGING_FACE},
+        "the library built-in: Hugging Face's audio_utils.mel_filter_bank, Slaney norm and scale",
+        lose={"test_mel_filterbank": NOT_ALLOWED},
+    ),
+    Case(
+        "runpy-speech",
+        "exploit",
+        X,
+        {"mel_filterbank": MEL_RUNPY},
+        "a fresh copy of tutorlib.speech, made by runpy, for mel_filterbank",
+        lose={"test_mel_filterbank": NOT_ALLOWED},
+        flagged=("mel_filterbank",),
+    ),
+    Case(
+        "rapidfuzz-wer",
+        "exploit",
+        X,
+        {"word_error_rate": WER_RAPIDFUZZ},
+        "a compiled edit-distance library (RapidFuzz's Levenshtein over word lists), which the "
+        "guard's profile hook cannot see",
+        lose={"test_word_error_rate": NOT_ALLOWED},
+    ),
+    Case(
+        "tutorlib-edit-distance",
+        "exploit",
+        X,
+        {"word_error_rate": WER_TUTORLIB_DISTANCE},
+        "the page's edit distance (tutorlib.speech.edit_distance) bound to a name of its own",
+        lose={"test_word_error_rate": NOT_ALLOWED},
+    ),
+    Case(
+        "precision-checks-reference",
+        "exploit",
+        X,
+        {"contact_precision": PRECISION_CHECKS_REFERENCE},
+        "the checks' own reference (a private name of the check module)",
+        lose={"test_contact_precision": NOT_ALLOWED},
+        flagged=("contact_precision",),
+    ),
+    Case(
+        "tutorlib-precision",
+        "exploit",
+        X,
+        {"contact_precision": PRECISION_TUTORLIB},
+        "tutorlib.proteins.precision_at_k through a module alias",
+        lose={"test_contact_precision": NOT_ALLOWED},
+    ),
+    Case(
+        "alias-apc",
+        "exploit",
+        X,
+        {"apc": APC_ALIAS},
+        "the reference under another name (tutorlib.proteins.apc as ...)",
+        lose={"test_apc": NOT_ALLOWED},
+    ),
+    Case(
+        "patches-the-wer-check",
+        "exploit",
+        X,
+        {"mel_filterbank": MEL_PATCHES_THE_NEXT_CHECK},
+        "a wrong filterbank, and the next exercise's check replaced by a function that prints OK",
+        lose={  # (the patched check prints OK; the tamper scan holds it for a person)
+            "test_mel_filterbank": "the testing machinery was changed",
+            "test_contact_precision": "the testing machinery was changed",
+            "test_apc": "the testing machinery was changed",
+        },
+        flagged=("mel_filterbank",),
+    ),
+    Case(
+        "known-inputs-precision",
+        "exploit",
+        X,
+        {"contact_precision": PRECISION_VISIBLE_ONLY},
+        "the worked examples' answers, stored",
+        lose={"test_contact_precision": "contact_precision for L="},
+    ),
+]

@@ -817,3 +817,513 @@ def info_nce(image_emb, text_emb, temperature):
         },
     },
 }
+
+W = "05_vision/03_windows_sound_proteins.ipynb"
+
+VARIANTS[W] = {
+    "shifted_window_mask": {
+        "swin-slices-of-a-label-image": """
+def shifted_window_mask(height, width, window, shift):
+    img = torch.zeros(height, width)
+    parts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    count = 0
+    for h in parts:
+        for w in parts:
+            img[h, w] = count  # Swin's own construction
+            count += 1
+    windows = img.view(height // window, window, width // window, window)
+    windows = windows.transpose(1, 2).reshape(-1, window * window)
+    return (windows.unsqueeze(1) - windows.unsqueeze(2)) == 0
+""",
+        "loops-over-windows": """
+def shifted_window_mask(height, width, window, shift):
+    def region(p, n):
+        if p < n - window:
+            return 0
+        return 1 if p < n - shift else 2
+
+    masks = []
+    for top in range(0, height, window):
+        for left in range(0, width, window):
+            labels = [
+                (region(top + r, height), region(left + c, width))
+                for r in range(window)
+                for c in range(window)
+            ]
+            masks.append([[a == b for b in labels] for a in labels])
+    return torch.tensor(masks)
+""",
+        "unfold-and-compare-axes": """
+def shifted_window_mask(height, width, window, shift):
+    def regions(n):
+        i = torch.arange(n)
+        return torch.bucketize(i, torch.tensor([n - window, n - shift]), right=True)
+
+    rows = regions(height)[:, None].expand(height, width)
+    cols = regions(width)[None, :].expand(height, width)
+    out = []
+    for labels in (rows, cols):
+        win = labels.unfold(0, window, window).unfold(1, window, window)  # (nH, nW, w, w)
+        win = win.reshape(-1, window * window)
+        out.append(win[:, :, None] == win[:, None, :])
+    print("mask for", height, "x", width, "windows of", window, "shift", shift)
+    return out[0] & out[1]
+""",
+    },
+    "mel_filterbank": {
+        "loop-over-filters": """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def to_mel(f):
+        return 3 * f / 200 if f < 1000 else 15 + 27 * math.log(f / 1000) / math.log(6.4)
+
+    def to_hz(m):
+        return 200 * m / 3 if m < 15 else 1000 * 6.4 ** ((m - 15) / 27)
+
+    top = to_mel(sample_rate / 2)
+    edges = [to_hz(top * i / (n_mels + 1)) for i in range(n_mels + 2)]
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    bank = torch.zeros(n_mels, n_fft // 2 + 1, dtype=torch.float64)
+    for m in range(n_mels):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        up = (freqs - lo) / (mid - lo)
+        down = (hi - freqs) / (hi - mid)
+        bank[m] = torch.clamp(torch.minimum(up, down), min=0) * 2 / (hi - lo)
+    return bank
+""",
+        "numpy-then-tensor": """
+import numpy as np
+
+
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def hz_to_mel(f):
+        f = np.asarray(f, dtype=float)
+        log = 15 + np.log(np.maximum(f, 1e-10) / 1000) * 27 / np.log(6.4)
+        return np.where(f >= 1000, log, f * 3 / 200)
+
+    def mel_to_hz(m):
+        return np.where(m >= 15, 1000 * np.exp((m - 15) * np.log(6.4) / 27), m * 200 / 3)
+
+    fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    mel_f = mel_to_hz(np.linspace(0, hz_to_mel(sample_rate / 2), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))  # librosa's way
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
+    return torch.from_numpy(weights * enorm[:, None])
+""",
+        "float32-relu": """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+    bins = k * sample_rate / n_fft
+    nyquist_mel = 15 + 27 * math.log(sample_rate / 2 / 1000) / math.log(6.4)
+    if sample_rate / 2 < 1000:
+        nyquist_mel = 3 * (sample_rate / 2) / 200
+    mels = torch.linspace(0, nyquist_mel, n_mels + 2, dtype=torch.float64)
+    hz = torch.where(mels < 15, mels * 200 / 3, 1000 * torch.exp((mels - 15) * math.log(6.4) / 27))
+    lo, c, hi = hz[:-2].unsqueeze(-1), hz[1:-1].unsqueeze(-1), hz[2:].unsqueeze(-1)
+    tri = torch.relu(torch.min((bins - lo) / (c - lo), (hi - bins) / (hi - c)))
+    return (tri / ((hi - lo) / 2)).float()  # float32, as Whisper keeps it
+""",
+    },
+    "word_error_rate": {
+        "full-table": """
+def word_error_rate(references, hypotheses):
+    edits = 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        d = [[i + j if i * j == 0 else 0 for j in range(len(h) + 1)] for i in range(len(r) + 1)]
+        for i in range(1, len(r) + 1):
+            for j in range(1, len(h) + 1):
+                sub = d[i - 1][j - 1] + (r[i - 1] != h[j - 1])
+                d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, sub)
+        edits += d[-1][-1]
+    return edits / sum(len(ref.split()) for ref in references)
+""",
+        "recursive-with-cache": """
+from functools import lru_cache
+
+
+def levenshtein(a, b):
+    @lru_cache(maxsize=None)
+    def d(i, j):
+        if i == 0:
+            return j
+        if j == 0:
+            return i
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def word_error_rate(references, hypotheses):
+    pairs = zip(references, hypotheses)
+    total = sum(levenshtein(tuple(r.split()), tuple(h.split())) for r, h in pairs)
+    return total / sum(len(r.split()) for r in references)
+""",
+        "tensor-table-and-print": """
+def word_error_rate(references, hypotheses):
+    edits, words = torch.tensor(0.0, dtype=torch.float64), 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        row = torch.arange(len(h) + 1, dtype=torch.float64)
+        for i in range(1, len(r) + 1):
+            new = row.clone()
+            new[0] = i
+            for j in range(1, len(h) + 1):
+                new[j] = min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (r[i - 1] != h[j - 1]))
+            row = new
+        edits = edits + row[-1]
+        words += len(r)
+    print(f"{int(edits)} edits over {words} words")
+    return edits / words
+""",
+    },
+    "contact_precision": {
+        "mask-and-topk": """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = scores.shape[0]
+    i = torch.arange(L)
+    allowed = (i[None, :] - i[:, None]) >= min_separation  # upper triangle, far enough
+    flat = scores.masked_fill(~allowed, float("-inf")).flatten()
+    best = torch.topk(flat, k).indices
+    return contacts.flatten()[best].float().mean().item()
+""",
+        "python-list-sorted": """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = len(scores)
+    pairs = [(scores[i, j].item(), i, j) for i in range(L) for j in range(i + min_separation, L)]
+    pairs.sort(reverse=True)
+    return sum(bool(contacts[i, j]) for _, i, j in pairs[:k]) / k
+""",
+        "numpy-triu": """
+import numpy as np
+
+
+def contact_precision(scores, contacts, k, min_separation=6):
+    s, c = scores.numpy(), contacts.numpy()
+    i, j = np.triu_indices(s.shape[0], k=min_separation)
+    order = np.argsort(-s[i, j], kind="stable")[:k]
+    return float(c[i[order], j[order]].sum()) / k
+""",
+    },
+    "apc": {
+        "loops-over-pairs": """
+def apc(x):
+    if x.dim() > 2:
+        return torch.stack([apc(m) for m in x])
+    L = x.shape[0]
+    rows = [(x[i].sum() - x[i, i]) / (L - 1) for i in range(L)]
+    cols = [(x[:, j].sum() - x[j, j]) / (L - 1) for j in range(L)]
+    total = (x.sum() - x.diagonal().sum()) / (L * (L - 1))
+    out = torch.zeros_like(x)
+    for i in range(L):
+        for j in range(L):
+            if i != j:
+                out[i, j] = x[i, j] - rows[i] * cols[j] / total
+    return out
+""",
+        "subtract-the-diagonal": """
+def apc(x):
+    L = x.shape[-1]
+    diag = torch.diagonal(x, dim1=-2, dim2=-1)  # (..., L)
+    row = (x.sum(-1) - diag) / (L - 1)
+    col = (x.sum(-2) - diag) / (L - 1)
+    total = (x.sum((-2, -1)) - diag.sum(-1)) / (L * (L - 1))
+    corrected = x - row.unsqueeze(-1) * col.unsqueeze(-2) / total[..., None, None]
+    return corrected.masked_fill(torch.eye(L, dtype=torch.bool), 0.0)
+""",
+        "einsum-outer-and-mean": """
+def apc(x):
+    L = x.shape[-1]
+    mask = 1.0 - torch.eye(L, dtype=x.dtype)
+    off = x * mask
+    row_mean = off.sum(dim=-1) / (L - 1)
+    col_mean = off.sum(dim=-2) / (L - 1)
+    overall = off.sum(dim=(-2, -1)) / mask.sum()
+    outer = torch.einsum("...i,...j->...ij", row_mean, col_mean)
+    assert outer.shape == x.shape
+    return (off - outer / overall[..., None, None]) * mask
+""",
+    },
+}
+
+MISTAKES[W] = {
+    "shifted_window_mask": {
+        "inverted-like-an-additive-mask": (
+            """
+def shifted_window_mask(height, width, window, shift):
+    def regions(n):
+        i = torch.arange(n)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    labels = 3 * regions(height)[:, None] + regions(width)[None, :]
+    w = labels.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    return w[:, :, None] != w[:, None, :]  # True where masked, as Hugging Face's -100
+""",
+            "True and False are swapped",
+        ),
+        "rows-only": (
+            """
+def shifted_window_mask(height, width, window, shift):
+    i = torch.arange(height)
+    rows = (i >= height - window).long() + (i >= height - shift).long()
+    labels = rows[:, None].expand(height, width)
+    w = labels.reshape(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    return w[:, :, None] == w[:, None, :]
+""",
+            "only the rows are labelled",
+        ),
+        "regions-at-the-start": (
+            """
+def shifted_window_mask(height, width, window, shift):
+    def regions(n):
+        i = torch.arange(n)
+        return (i >= shift).long() + (i >= window).long()  # the strip at the start
+
+    labels = 3 * regions(height)[:, None] + regions(width)[None, :]
+    w = labels.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    return w[:, :, None] == w[:, None, :]
+""",
+            "the regions are at the start of each axis",
+        ),
+        "additive-float-mask": (
+            """
+def shifted_window_mask(height, width, window, shift):
+    def regions(n):
+        i = torch.arange(n)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    labels = 3 * regions(height)[:, None] + regions(width)[None, :]
+    w = labels.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
+    w = w.reshape(-1, window * window)
+    diff = w[:, :, None] - w[:, None, :]
+    return torch.zeros(diff.shape).masked_fill(diff != 0, float("-inf"))
+""",
+            "not an additive mask",
+        ),
+    },
+    "mel_filterbank": {
+        "htk-scale": (
+            """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    top = 2595 * math.log10(1 + sample_rate / 2 / 700)
+    mels = torch.linspace(0, top, n_mels + 2, dtype=torch.float64)
+    f = 700 * (10 ** (mels / 2595) - 1)
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    tri = torch.clamp(torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), min=0)
+    return tri * 2 / (hi - lo)
+""",
+            "this is the HTK mel scale",
+        ),
+        "peak-one": (
+            """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def to_mel(f):
+        log = 15 + torch.log(f.clamp(min=1e-10) / 1000) * 27 / math.log(6.4)
+        return torch.where(f >= 1000, log, 3 * f / 200)
+
+    def to_hz(m):
+        return torch.where(m >= 15, 1000 * torch.exp((m - 15) * math.log(6.4) / 27), 200 * m / 3)
+
+    top = to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
+    f = to_hz(torch.linspace(0, float(top), n_mels + 2, dtype=torch.float64))
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    return torch.clamp(torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), min=0)
+""",
+            "the triangles are not area-normalised",
+        ),
+        "rows-sum-to-one": (
+            """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    def to_mel(f):
+        log = 15 + torch.log(f.clamp(min=1e-10) / 1000) * 27 / math.log(6.4)
+        return torch.where(f >= 1000, log, 3 * f / 200)
+
+    def to_hz(m):
+        return torch.where(m >= 15, 1000 * torch.exp((m - 15) * math.log(6.4) / 27), 200 * m / 3)
+
+    top = to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
+    f = to_hz(torch.linspace(0, float(top), n_mels + 2, dtype=torch.float64))
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    tri = torch.clamp(torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), min=0)
+    return tri / tri.sum(dim=1, keepdim=True)  # "area-normalised"
+""",
+            "each filter is scaled to sum to 1",
+        ),
+        "edges-evenly-in-hz": (
+            """
+def mel_filterbank(n_mels, n_fft, sample_rate):
+    f = torch.linspace(0, sample_rate / 2, n_mels + 2, dtype=torch.float64)
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lo, c, hi = f[:-2, None], f[1:-1, None], f[2:, None]
+    tri = torch.clamp(torch.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), min=0)
+    return tri * 2 / (hi - lo)
+""",
+            "evenly spaced in Hz",
+        ),
+    },
+    "word_error_rate": {
+        "mean-of-sentence-rates": (
+            """
+def word_error_rate(references, hypotheses):
+    rates = []
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        prev = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            cur = [i]
+            for j in range(1, len(h) + 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+            prev = cur
+        rates.append(prev[-1] / len(r))
+    return sum(rates) / len(rates)
+""",
+            "this is the mean of the sentences' error rates",
+        ),
+        "word-by-word": (
+            """
+def word_error_rate(references, hypotheses):
+    errors, words = 0, 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        errors += sum(a != b for a, b in zip(r, h)) + abs(len(r) - len(h))
+        words += len(r)
+    return errors / words
+""",
+            "the words are compared position by position",
+        ),
+        "capped-at-one": (
+            """
+def word_error_rate(references, hypotheses):
+    edits = words = 0
+    for ref, hyp in zip(references, hypotheses):
+        r, h = ref.split(), hyp.split()
+        prev = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            cur = [i]
+            for j in range(1, len(h) + 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+            prev = cur
+        edits += prev[-1]
+        words += len(r)
+    return min(edits / words, 1.0)  # "a rate is at most 1"
+""",
+            "the rate is capped at 1",
+        ),
+        "characters-not-words": (
+            """
+def word_error_rate(references, hypotheses):
+    edits = chars = 0
+    for r, h in zip(references, hypotheses):
+        prev = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            cur = [i]
+            for j in range(1, len(h) + 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] != h[j - 1])))
+            prev = cur
+        edits += prev[-1]
+        chars += len(r)
+    return edits / chars
+""",
+            "these are character edits",
+        ),
+    },
+    "contact_precision": {
+        "no-separation": (
+            """
+def contact_precision(scores, contacts, k, min_separation=6):
+    i, j = torch.triu_indices(len(scores), len(scores), offset=1)
+    top = torch.argsort(scores[i, j], descending=True)[:k]
+    return contacts[i[top], j[top]].sum().item() / k
+""",
+            "pairs closer than min_separation are ranked too",
+        ),
+        "strictly-greater": (
+            """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = scores.shape[0]
+    pairs = [(i, j) for i in range(L) for j in range(L) if j - i > min_separation]
+    pairs.sort(key=lambda p: -scores[p].item())
+    return sum(contacts[p].item() for p in pairs[:k]) / k
+""",
+            "the pairs at exactly min_separation are left out",
+        ),
+        "whole-matrix": (
+            """
+def contact_precision(scores, contacts, k, min_separation=6):
+    L = scores.shape[0]
+    i = torch.arange(L)
+    far = (i[:, None] - i[None, :]).abs() >= min_separation
+    ranked = scores.masked_fill(~far, float("-inf")).flatten()
+    top = torch.topk(ranked, k).indices
+    return contacts.flatten()[top].double().mean().item()
+""",
+            "each pair is ranked twice",
+        ),
+        "recall": (
+            """
+def contact_precision(scores, contacts, k, min_separation=6):
+    i, j = torch.triu_indices(len(scores), len(scores), offset=min_separation)
+    top = torch.topk(scores[i, j], k).indices
+    return contacts[i[top], j[top]].sum().item() / contacts[i, j].sum().item()
+""",
+            "this is the recall",
+        ),
+    },
+    "apc": {
+        "diagonal-in-the-means": (
+            """
+def apc(x):
+    row = x.mean(dim=-1, keepdim=True)
+    col = x.mean(dim=-2, keepdim=True)
+    total = x.mean(dim=(-2, -1), keepdim=True)
+    out = x - row * col / total
+    return out * (1 - torch.eye(x.shape[-1], dtype=x.dtype))
+""",
+            "the diagonal is counted in the means",
+        ),
+        "no-division": (
+            """
+def apc(x):
+    L = x.shape[-1]
+    off = x * (1 - torch.eye(L, dtype=x.dtype))
+    row = off.sum(-1, keepdim=True) / (L - 1)
+    col = off.sum(-2, keepdim=True) / (L - 1)
+    return (off - row * col) * (1 - torch.eye(L, dtype=x.dtype))
+""",
+            "is not divided by the overall mean",
+        ),
+        "row-means-twice": (
+            """
+def apc(x):
+    L = x.shape[-1]
+    off = x * (1 - torch.eye(L, dtype=x.dtype))
+    means = off.sum(-1) / (L - 1)  # (..., L)
+    total = off.sum((-2, -1)) / (L * (L - 1))
+    product = means[..., :, None] * means[..., None, :] / total[..., None, None]
+    return (off - product) * (1 - torch.eye(L, dtype=x.dtype))
+""",
+            "the row means are used twice",
+        ),
+        "diagonal-not-zeroed": (
+            """
+def apc(x):
+    L = x.shape[-1]
+    off = x * (1 - torch.eye(L, dtype=x.dtype))
+    row = off.sum(-1, keepdim=True) / (L - 1)
+    col = off.sum(-2, keepdim=True) / (L - 1)
+    total = off.sum((-2, -1), keepdim=True) / (L * (L - 1))
+    return x - row * col / total
+""",
+            "the diagonal of the result is not 0",
+        ),
+    },
+}

@@ -2,8 +2,10 @@
 reference, and say which common mistake it matches.
 
 Each chapter's check module (`tutorlib.checks.foundations`, `attention`, `training`,
-`scaling`, `vision`, `generative`, `modern` for Chapter 6's modern decoder and `posttraining`
-for its post-training) has one `check_*` function per graded cell, built from this toolkit:
+`scaling`, `efficiency` for Chapter 4's experts, drafts and tiles, `vision`, `modalities` for
+Chapter 5's windows, sound and proteins, `generative`, `modern` for Chapter 6's modern decoder
+and `posttraining` for its post-training) has one `check_*` function per graded cell, built from
+this toolkit:
 
 - `Exercise` (`exercise.py`): the context of one check: visible tests (the notebook's worked
   examples) or hidden tests (property tests on inputs drawn at grading time, `draw.py`),
