@@ -9,8 +9,9 @@ softmax), `moe` (mixture-of-experts layers) and `speculative` (speculative decod
 synthesized speech) and `proteins` (a Potts model and contacts read from attention); Chapter 6's
 `generation` (language modelling and sampling), `pixels` (images as tokens), `pretrained` (real
 weights in tutorlib's layers), `incontext` (few-shot prompts), `posttraining` (chat template,
-supervised fine-tuning, DPO), `adapters` (LoRA) and `fairness` (WEAT and SEAT association
-tests). `checks` holds what the exercises' tests call.
+supervised fine-tuning, DPO), `adapters` (LoRA), `fairness` (WEAT and SEAT association
+tests) and `memorisation` (verbatim copies of the training text, extraction, contamination).
+`checks` holds what the exercises' tests call.
 """
 
 from __future__ import annotations
