@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tutorlib.attention import MultiHeadAttention
@@ -227,7 +228,9 @@ class WindowAttention(nn.Module):
     def position_bias(self) -> Tensor:
         """The bias every window adds to its scores: (H, w^2, w^2)."""
         T = self.window**2
-        bias = self.relative_position_bias_table[self.relative_position_index.flatten()]
+        index = self.relative_position_index.flatten()  # (T^2,), many repeats of each offset
+        bias = F.embedding(index, self.relative_position_bias_table)  # table[index], (T^2, H),
+        # with a backward that sums the repeats in a fixed order (see TokenEmbedding)
         return bias.view(T, T, self.n_heads).permute(2, 0, 1)  # (H, T, T)
 
     def forward(self, windows: Tensor, mask: Tensor | None = None) -> Tensor:
