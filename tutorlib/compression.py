@@ -267,11 +267,11 @@ def distillation_loss(
     temperature: float = 2.0,
     alpha: float = 0.5,
 ) -> Tensor:
-    """Hinton et al.'s distillation loss: alpha T^2 KL(p_teacher^T || p_student^T) plus
+    """Hinton et al.'s distillation loss: alpha tau^2 KL(p_teacher^tau || p_student^tau) plus
     (1 - alpha) times the cross-entropy with the true labels.
 
-    Both distributions are softened by the temperature T (softmax of logits / T); the KL term
-    is multiplied by T^2 so that its gradients keep their size as T changes. The teacher's
+    Both distributions are softened by the temperature tau (softmax of logits / tau); the KL
+    term is multiplied by tau^2 so that its gradients keep their size as tau changes. The teacher's
     logits are detached. Averaged over the N rows.
 
     Shapes:

@@ -326,7 +326,7 @@ def pipeline_schedule(n_stages: int, n_microbatches: int) -> list[list[str]]:
 
     Returns a grid, one row per stage and one column per time slot, of labels "F3" (forward
     of micro-batch 3), "B3" (its backward) or "" (the stage idles: the *bubble*). The bubble's
-    share of the grid is (S - 1) / (M + S - 1) for S stages and M micro-batches.
+    share of the grid is (p - 1) / (m + p - 1) for p stages and m micro-batches.
 
     Book: Chapter 4, Scaling (parallelism).
     """

@@ -128,9 +128,9 @@ def perplexity(loss: float | Tensor) -> float:
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
-    """logits / temperature: the softmax of the result is proportional to probs ** (1 / T).
+    """logits / temperature: the softmax of the result is proportional to probs ** (1 / tau).
 
-    It acts on the logits, before the softmax; dividing the probabilities by T would change
+    It acts on the logits, before the softmax; dividing the probabilities by tau would change
     nothing once they are renormalised.
 
     Shapes:

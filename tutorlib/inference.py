@@ -38,13 +38,14 @@ def kv_cache_bytes(
     bytes_per_value: int = 4,
     n_kv_heads: int | None = None,
 ) -> int:
-    """Memory of a full cache: keys and values, L layers, B sequences, T positions.
+    """Memory of a full cache: keys and values, n_layer layers, B sequences, T positions.
 
-    2 * L * B * T * (n_kv_heads * D) * bytes_per_value with head width D = C / H; with every
-    head keeping its own keys and values (the default, n_kv_heads = H) that is 2 L B T C bytes
-    per value. Multi-query (n_kv_heads = 1) and grouped-query attention share keys and values
-    between heads; n_kv_heads defaults to the config's. The cache grows with the batch and the
-    context, not with the feed-forward width, and at long contexts it can exceed the weights.
+    2 * n_layer * B * T * (n_kv_heads * D) * bytes_per_value with head width D = C / H; with
+    every head keeping its own keys and values (the default, n_kv_heads = H) that is
+    2 n_layer B T C bytes per value. Multi-query (n_kv_heads = 1) and grouped-query attention
+    share keys and values between heads; n_kv_heads defaults to the config's. The cache grows
+    with the batch and the context, not with the feed-forward width, and at long contexts it can
+    exceed the weights.
 
     Book: Chapter 4, Scaling (the KV cache).
     """

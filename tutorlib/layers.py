@@ -240,7 +240,7 @@ def swiglu(x: Tensor, gate_weight: Tensor, up_weight: Tensor, down_weight: Tenso
     hidden width is usually 2/3 of the MLP's 4C (Llama: 8C/3, rounded) to keep the parameters.
 
     Shapes:
-        x (..., C); gate_weight, up_weight (F, C); down_weight (C, F)  ->  (..., C)
+        x (..., C); gate_weight, up_weight (d_ff, C); down_weight (C, d_ff)  ->  (..., C)
 
     Book: 6.7 The modern decoder (SwiGLU).
     """

@@ -197,7 +197,7 @@ class SpeculativeStats:
 
 
 def _probs(logits: Tensor, temperature: float) -> Tensor:
-    """Next-token distributions: softmax(logits / T), or one-hot at the arg max for T = 0."""
+    """Next-token distributions: softmax(logits / tau), or one-hot at the arg max for tau = 0."""
     if temperature == 0:
         index = logits.argmax(dim=-1, keepdim=True)  # (..., 1)
         return torch.zeros_like(logits).scatter_(-1, index, 1.0)  # (..., V) one-hot
@@ -248,12 +248,12 @@ def speculative_generate(
     """Generate from ``target`` with ``draft`` proposing ``k`` tokens per target pass.
 
     Each round: the draft writes k tokens one by one (k cached passes), sampling from its q
-    at temperature T; the target runs once over the tokens it has not seen yet and the k
+    at temperature tau; the target runs once over the tokens it has not seen yet and the k
     drafts (one cached pass, k + 1 distributions p); ``speculative_accept`` keeps n of them and
     gives the distribution of one more token; both caches are cropped back to the kept tokens
     (``KVCache.crop``). With ``temperature=0`` (greedy) the tokens are those of the target's own
-    greedy decoding (``tutorlib.inference.generate``); with T > 0 they follow the target's
-    softmax(logits / T) exactly, though the draws differ from a plain sampling loop's. The
+    greedy decoding (``tutorlib.inference.generate``); with tau > 0 they follow the target's
+    softmax(logits / tau) exactly, though the draws differ from a plain sampling loop's. The
     last round drafts fewer tokens so that exactly ``max_new_tokens`` are written. Both models
     are put in eval mode for the call and given back in the mode they came in.
 

@@ -483,7 +483,7 @@ def _check_greedy_case(
 
 def check_sample_with_temperature(fn: Callable, hidden: bool = False) -> None:
     """Learner's `sample_with_temperature(logits (B, V), temperature, generator) -> (B,)`:
-    one draw per row from softmax(logits / T); T = 0 is greedy. Checked statistically."""
+    one draw per row from softmax(logits / tau); tau = 0 is greedy. Checked statistically."""
     forbidden = Forbidden(python=SAMPLING_FORBIDDEN + _logits_processors("TemperatureLogitsWarper"))
     with Exercise("sample_with_temperature", hidden, forbidden) as ex:
         if hidden:
