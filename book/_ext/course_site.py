@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from docutils import nodes
 from docutils.parsers.rst import Directive
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
@@ -126,6 +127,71 @@ class CourseOverview(Directive):
         return [table(header, rows)]
 
 
+class CourseSyllabus(Directive):
+    """The suggested syllabus: book/syllabus.yml's weeks, with each week's pages (linked), its
+    exercise notebooks and their points, its written answers, and the reading and compute the
+    week needs, computed from the pages and budgets.json as the overview's columns are."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        env = self.state.document.settings.env
+        root = Path(env.srcdir)
+        weeks = yaml.safe_load((root / "book" / "syllabus.yml").read_text())["weeks"]
+        notebooks = env.course_budgets["notebooks"]
+        header = [
+            "Week",
+            "Topic",
+            "Pages",
+            "Exercises (points)",
+            "Written answers",
+            "Reading",
+            "Compute",
+        ]
+        env.note_dependency(str(root / "book" / "syllabus.yml"))
+        rows = []
+        for number, week in enumerate(weeks, start=1):
+            pages = [f"book/{page}" for page in week["pages"]]
+            solutions = [root / f"solutions/{e}.ipynb" for e in week["exercises"]]
+            words = sum(prose_words(root / f"{page}.md") for page in pages)
+            seconds = sum(notebooks[f"{page}.md"]["seconds"] for page in pages)
+            seconds += sum(notebooks[s.relative_to(root).as_posix()]["seconds"] for s in solutions)
+            exercises = ", ".join(f"{s.stem} ({notebook_points(s):g})" for s in solutions)
+            written = sum(len(written_answers(s)) for s in solutions)
+            topic = week["topic"] + (" (optional)" if week.get("optional") else "")
+            links = nodes.paragraph()
+            for i, page in enumerate(pages):
+                chapter, name = page.split("/")[1:]
+                label = f"{int(chapter[:2])}.{int(name[:2])}"
+                ref = addnodes.pending_xref(
+                    "", refdomain="std", reftype="doc", reftarget=f"/{page}", refexplicit=True
+                )
+                ref += nodes.inline(text=label)
+                links += [nodes.Text(", ")] if i else []
+                links += ref
+            cells = [
+                str(number),
+                topic,
+                links,
+                exercises or "none",
+                str(written),
+                f"{round(words / READING_WORDS_PER_MINUTE / 60, 1)} h",
+                f"{round(seconds / 60)} min",
+            ]
+            rows.append(cells)
+        return [table(header, rows)]
+
+
+def written_answers(path: Path) -> list[str]:
+    """The grade ids of a nbgrader notebook's written (hand-graded markdown) answers."""
+    cells = json.loads(path.read_text())["cells"]
+    return [
+        c["metadata"]["nbgrader"]["grade_id"]
+        for c in cells
+        if c["cell_type"] == "markdown" and c.get("metadata", {}).get("nbgrader", {}).get("grade")
+    ]
+
+
 def prose_words(path: Path) -> int:
     """Words of a page's text, its code cells and front matter left out."""
     text = CODE_CELL.sub("", FRONT_MATTER.sub("", path.read_text()))
@@ -139,13 +205,16 @@ def notebook_points(path: Path) -> float:
     return sum(m.get("points", 0) for m in meta if m.get("grade"))
 
 
-def table(header: list[str], rows: list[list[str]]) -> nodes.table:
+def table(header: list[str], rows: list[list[str | nodes.Node]]) -> nodes.table:
     tgroup = nodes.tgroup(cols=len(header))
     tgroup += [nodes.colspec(colwidth=1) for _ in header]
 
-    def row(cells: list[str]) -> nodes.row:
+    def row(cells: list[str | nodes.Node]) -> nodes.row:
         r = nodes.row()
-        r += [nodes.entry("", nodes.paragraph(text=c)) for c in cells]
+        r += [
+            nodes.entry("", c if isinstance(c, nodes.Node) else nodes.paragraph(text=c))
+            for c in cells
+        ]
         return r
 
     tgroup += nodes.thead("", row(header))
@@ -306,4 +375,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("build-finished", execution_table)
     app.connect("autodoc-process-docstring", plain_docstring)
     app.add_directive("course-overview", CourseOverview)
+    app.add_directive("course-syllabus", CourseSyllabus)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
