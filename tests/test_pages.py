@@ -108,8 +108,14 @@ def check_notebook(path) -> None:
 # synthesizes its speech set from cold, then trains: beside another page, in a clean clone's
 # `make test`, it took 118 s of its 120. 6.12 samples from 6.1's GPT: in the parallel phase, with
 # one thread, it would find no model in the cache (its key holds the thread count) and train one.
+# 3.8 and 5.4 assert what their text says of one run (the shape of 3.8's sweep, the step at which
+# DETR's class accuracy jumps), and those details depend on the thread count: with one thread
+# 3.8's batch-16 row has its best rate elsewhere and DETR's accuracy at step 400 is 0.51, not
+# above 0.7. The build runs every page with two threads; so do their tests.
 QUIET = {
     "book/03_training/02_date_translator.md",
+    "book/03_training/08_hyperparameters.md",
+    "book/05_vision/04_detr.md",
     "book/05_vision/02_vit_digits.md",
     "book/05_vision/07_speech.md",
     "book/06_generative/01_gpt.md",
