@@ -146,9 +146,7 @@ COLLISIONS = {
 
 def prose(text: str) -> str:
     """A page's markdown without its code cells' bodies, keeping their alt texts."""
-    alts = re.findall(r"alt: \"([^\"]*)\"", text)
-    without_code = re.sub(r"```\{code-cell\}.*?```", "", text, flags=re.S)
-    return without_code + "\n" + "\n".join(alts)
+    return "\n\n".join(prose_paragraphs(text))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
