@@ -11,9 +11,11 @@ import pytest
 
 from tests.budgets import (
     MEMORY_BUDGET_MB,
+    QUIET,
     ROOT,
     book_pages,
     measure,
+    plan,
     seconds_budget,
     solution_notebooks,
     toc_files,
@@ -99,32 +101,7 @@ def check_notebook(path) -> None:
             assert float(value) <= most, f"{m.path}: {pattern!r} gave {value}, at most {most}"
 
 
-# The pages that train a model for most of their budget. Their budgets are for two quiet cores
-# (as `make budgets` measures); run beside another page, with one thread each, they took up to
-# 10-15 % more than their budgets in clean-clone runs. `make test` runs them (marker `quiet`)
-# after the parallel phase, one at a time, with two threads. The GPT of 6.1 is trained there and
-# 6.2 loads it, so both are here; so are the post-training pages, which start from it: 6.9
-# fine-tunes it (and keeps the result in the cache), 6.10 and 6.11 start from both. 5.7
-# synthesizes its speech set from cold, then trains: beside another page, in a clean clone's
-# `make test`, it took 118 s of its 120. 6.12 samples from 6.1's GPT: in the parallel phase, with
-# one thread, it would find no model in the cache (its key holds the thread count) and train one.
-# 3.8 and 5.4 assert what their text says of one run (the shape of 3.8's sweep, the step at which
-# DETR's class accuracy jumps), and those details depend on the thread count: with one thread
-# 3.8's batch-16 row has its best rate elsewhere and DETR's accuracy at step 400 is 0.51, not
-# above 0.7. The build runs every page with two threads; so do their tests.
-QUIET = {
-    "book/03_training/02_date_translator.md",
-    "book/03_training/08_hyperparameters.md",
-    "book/05_vision/04_detr.md",
-    "book/05_vision/02_vit_digits.md",
-    "book/05_vision/07_speech.md",
-    "book/06_generative/01_gpt.md",
-    "book/06_generative/02_sampling.md",
-    "book/06_generative/09_instruction_tuning.md",
-    "book/06_generative/10_lora.md",
-    "book/06_generative/11_preferences.md",
-    "book/06_generative/12_limits.md",
-}
+# QUIET (tests/budgets.py): the pages that run one at a time with two threads, and why.
 
 
 # One test class per notebook: `make test` runs pytest-xdist with --dist loadscope, which keeps a
@@ -149,6 +126,30 @@ for _path in NOTEBOOKS:
 def test_quiet_pages_exist() -> None:
     for page in QUIET:
         assert (ROOT / page).exists(), page
+
+
+def test_make_book_executes_the_quiet_pages_alone_in_book_order_then_the_longest_first() -> None:
+    """`make book` executes what its cache lacks in this order (tests/budgets.py, execute_pages):
+    6.1 before the pages that load its GPT, 6.9 before those that start from its assistant, and no
+    long page started last beside an idle core."""
+    jobs = plan(NOTEBOOKS)
+    names = [job.path.relative_to(ROOT).as_posix() for job in jobs]
+    quiet = [name for name in names if name in QUIET]
+    assert names[: len(QUIET)] == quiet == [n for n in toc_order() if n in QUIET], names
+    assert all(job.threads == job.slots == 2 for job in jobs[: len(QUIET)])
+    rest = jobs[len(QUIET) :]
+    assert all(job.threads == job.slots == 1 for job in rest)
+    assert [job.expected_seconds for job in rest] == sorted(
+        (job.expected_seconds for job in rest), reverse=True
+    )
+    assert names.index("book/06_generative/01_gpt.md") < names.index(
+        "book/06_generative/12_limits.md"
+    )
+    assert len(set(names)) == len(names) == len(NOTEBOOKS)
+
+
+def toc_order() -> list[str]:
+    return [path.relative_to(ROOT).as_posix() for path in NOTEBOOKS]
 
 
 def test_every_target_page_exists() -> None:
