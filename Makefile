@@ -35,8 +35,9 @@ $(STAMP): requirements.txt pyproject.toml
 ## runs again when tutorlib or the lock changed. The pages the cache lacks are executed first, two
 ## at a time with one thread each (the pages in tests/budgets.py's QUIET alone, with both), as
 ## `make test` executes them, into the cache (tests/budgets.py, execute_pages); pages that
-## `make test` executed against the same sources are taken from it. It ends with a table of each page's execution
-## time, written by the build (book/_ext/course_site.py) to _build/execution-times.txt.
+## `make test` executed against the same sources are taken from it. It ends with a table of each
+## page's execution time, written by the build (book/_ext/course_site.py) to
+## _build/execution-times.txt.
 ## Sphinx rebuilds incrementally (an unchanged rebuild re-reads nothing) only after a build that
 ## succeeded with -W: after a failed build, when the cache was cleared, or when the course's
 ## Sphinx extension (book/_ext, which Sphinx does not track) changed, everything is read again,
@@ -45,8 +46,9 @@ book: $(STAMP) $(CACHE)/.sources
 	@test -f _build/.book-ok -a -z "$$(find book/_ext -newer _build/.book-ok -name '*.py' 2>/dev/null)" || \
 	  rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	rm -f _build/.book-ok
-	started=$$(date +%s) && $(BIN)/python -m tests.budgets --execute-pages $(CACHE) && \
-	  COURSE_BUILD_STARTED=$$started $(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python -m tests.budgets --execute-pages $(CACHE)
+	COURSE_BUILD_STARTED=$$(cat $(CACHE)/.executed-since) \
+	  $(BIN)/jupyter-book build . -W -n --keep-going
 	@touch _build/.book-ok
 	@cat _build/execution-times.txt
 	@echo "Open _build/html/index.html in a browser."

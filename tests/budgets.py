@@ -317,7 +317,8 @@ def execute_pages(cache_path: Path, slots: int = 2) -> int:
     `cache_path` lacks, `slots` at a time, as `make test` executes them (one thread each; the
     QUIET pages alone, with every thread), and put each into the cache, so that the build that
     follows renders from it. `make book` runs this before `jupyter-book build`. Returns the number
-    of notebooks that failed (each one's error is printed)."""
+    of notebooks that failed (each one's error is printed). Writes when it began executing to
+    `cache_path/.executed-since`, for the build's table of execution times."""
     from jupyter_cache import get_cache
 
     cache = get_cache(str(cache_path))
@@ -329,6 +330,9 @@ def execute_pages(cache_path: Path, slots: int = 2) -> int:
         except KeyError:
             pending.append(path)
     jobs = plan(pending, slots)
+    # The build's table counts a page cached after this moment as executed in this build, and one
+    # seeded from `make test`'s outputs above as taken from the cache (book/_ext/course_site.py).
+    (cache_path / ".executed-since").write_text(f"{time.time():.3f}\n")
     print(
         f"{len(jobs)} of {len(book_pages()) + len(solution_notebooks())} notebooks to execute, "
         f"{slots} at a time",

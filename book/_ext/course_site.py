@@ -314,8 +314,8 @@ def scripts_once(app: Sphinx, pagename: str, templatename: str, context: dict, d
 
 def remember_start(app: Sphinx) -> None:
     app.env.course_budgets = budgets(Path(app.srcdir))
-    # `make book` executes the pages into the cache just before the build and says when it began,
-    # so that those pages count as executed in this build.
+    # `make book` executes the pages into the cache just before the build and says when it began
+    # (tests/budgets.py, execute_pages), so that those pages count as executed in this build.
     app.env.course_build_started = float(os.environ.get("COURSE_BUILD_STARTED", time.time()))
 
 
