@@ -338,7 +338,13 @@ def execute_pages(cache_path: Path, slots: int = 2) -> int:
         f"{slots} at a time",
         flush=True,
     )
-    logs = Path(tempfile.mkdtemp(prefix="execute-pages-"))
+    with tempfile.TemporaryDirectory(prefix="execute-pages-") as folder:
+        failed = _run(jobs, cache_path, slots, Path(folder))
+    return failed
+
+
+def _run(jobs: list[Job], cache_path: Path, slots: int, logs: Path) -> int:
+    """Run `jobs` in order, `slots` at a time, each one's output in a file under `logs`."""
     running: list[tuple[Job, subprocess.Popen, Path, float]] = []
     failed = 0
     start = time.perf_counter()
